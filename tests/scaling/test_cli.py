@@ -1,0 +1,55 @@
+"""The console script: every subcommand has useful help; plan prints the grid in three formats."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scaling.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("plan",):
+        assert command in out
+
+
+def test_every_subcommand_has_help(capsys):
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert "plan" in commands
+    for name, sub in commands.items():
+        text = sub.format_help()
+        assert len(text) > 200, name
+        assert sub.description or sub.format_usage(), name
+
+
+def test_plan_formats(capsys):
+    assert main(["plan", str(REPO / "sweeps" / "smoke.yaml")]) == 0
+    table = capsys.readouterr().out
+    assert "total: 12 runs" in table and "achieved/C" in table
+    assert main(["plan", str(REPO / "sweeps" / "smoke.yaml"), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 12
+    for field in ("run_id", "family", "flops_budget", "n_layers", "d_model", "n_heads", "n_params",
+                  "n_tokens", "tokens_per_param", "steps", "achieved_flops"):
+        assert field in rows[0]
+    assert main(["plan", str(REPO / "sweeps" / "smoke.yaml"), "--format", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 12
+
+
+def test_console_script_installed():
+    exe = Path(sys.executable).parent / "scaling"
+    proc = subprocess.run([str(exe), "plan", str(REPO / "sweeps" / "paper.yaml")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "ar-C1e20-L18d1280" in proc.stdout

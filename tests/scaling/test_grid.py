@@ -1,0 +1,69 @@
+"""Grid expansion: a snapshot of the smoke grid, stable ids, the 1% rounding rule, selection."""
+
+from pathlib import Path
+
+import pytest
+
+from scaling.grid import MAX_ROUNDING_LOSS, expand
+from scaling.plan import render_csv
+from scaling.sweepfile import load_plan, parse_sweep, read_yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SNAPSHOT = Path(__file__).parent / "snapshots" / "smoke_grid.csv"
+
+
+def test_smoke_grid_matches_snapshot():
+    """Regenerate deliberately, after checking the diff, with:
+    .venv/bin/scaling plan sweeps/smoke.yaml --format csv > tests/scaling/snapshots/smoke_grid.csv"""
+    _, plan = load_plan(REPO / "sweeps" / "smoke.yaml")
+    assert render_csv(plan) == SNAPSHOT.read_text()
+
+
+def test_same_yaml_same_ids_and_changed_recipe_new_ids():
+    raw = read_yaml(REPO / "sweeps" / "smoke.yaml")
+    ids_a = [s.run_id for s in expand(parse_sweep(raw)).runs]
+    ids_b = [s.run_id for s in expand(parse_sweep(raw)).runs]
+    assert ids_a == ids_b and len(set(ids_a)) == len(ids_a)
+    changed = {**raw, "recipe": {**raw["recipe"], "lr_peak": 1e-3}}
+    ids_c = [s.run_id for s in expand(parse_sweep(changed)).runs]
+    assert not set(ids_a) & set(ids_c)
+    moved = {**raw, "name": "elsewhere", "resources": {"cpus_per_worker": 2}}
+    assert [s.run_id for s in expand(parse_sweep(moved)).runs] == ids_a  # placement is not identity
+
+
+def test_adding_a_budget_keeps_existing_ids():
+    raw = read_yaml(REPO / "sweeps" / "smoke.yaml")
+    before = {s.run_id for s in expand(parse_sweep(raw)).runs}
+    after = {s.run_id for s in expand(parse_sweep({**raw, "budgets": [*raw["budgets"], 2.4e10]})).runs}
+    assert before < after
+
+
+def test_every_run_spends_its_budget_within_one_percent():
+    _, plan = load_plan(REPO / "sweeps" / "paper.yaml")
+    for spec in plan.runs:
+        assert 1 - MAX_ROUNDING_LOSS <= spec.achieved_flops / spec.flops_budget <= 1
+        assert spec.n_tokens == spec.steps * 256 * 2048
+
+
+def test_paper_sweep_has_472m_at_1e20():
+    _, plan = load_plan(REPO / "sweeps" / "paper.yaml")
+    labels = {s.label for s in plan.runs}
+    assert labels == {"ar", "mdlm-lowvar", "mdlm-nelbo", "duo", "esolm"}
+    spec = next(s for s in plan.runs if s.label == "ar" and s.flops_budget == 1e20
+                and s.shape.name == "472M")
+    assert spec.steps == 80508
+    assert spec.n_tokens == pytest.approx(42.2e9, rel=1e-3)
+    assert spec.tokens_per_param == pytest.approx(102.1, abs=0.1)
+    per_budget = {}
+    for s in plan.runs:
+        per_budget.setdefault((s.label, s.flops_budget), []).append(s)
+    assert all(5 <= len(v) <= 9 for v in per_budget.values())
+
+
+def test_around_optimum_selection_picks_k_nearest():
+    raw = read_yaml(REPO / "sweeps" / "paper.yaml")
+    raw["selection"] = {"mode": "around_optimum", "tokens_per_param_guess": 20, "k": 5}
+    plan = expand(parse_sweep(raw))
+    at_1e20 = [s for s in plan.runs if s.label == "ar" and s.flops_budget == 1e20]
+    assert len(at_1e20) == 5
+    assert any(s.tokens_per_param < 20 for s in at_1e20) and any(s.tokens_per_param > 20 for s in at_1e20)
