@@ -1,0 +1,46 @@
+"""AR: the autoregressive baseline (REFERENCE §1).
+
+Causal attention, next-token cross-entropy on x[:, :-1] -> x[:, 1:]. The backbone's time input is
+fed sigma = 0, so AR has the diffusion families' parameters and FLOPs. The [MASK] logit is -inf
+(as in the public code), so the NLL is over the real tokens. Validation is the exact NLL: L - 1
+scored tokens per sequence; the diffusion time t is ignored.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from trainers.backbone import forbid_token
+from trainers.families.base import Family
+from trainers.families.registry import AROptions, get_entry
+
+ENTRY = get_entry("ar")
+
+
+class ARFamily(Family):
+    name = ENTRY.name
+    attention = ENTRY.attention
+    needs_time = False
+
+    def token_nats(self, model, tokens: torch.Tensor) -> torch.Tensor:
+        """-log p(x_{l+1} | x_{<=l}), FloatTensor[B, L - 1]."""
+        logits = model(input_ids=tokens[:, :-1], sigma=None)
+        log_p = forbid_token(logits, self.mask_token_id)
+        nats = F.cross_entropy(log_p.flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
+        return nats.view(tokens.shape[0], -1)
+
+    def training_loss(self, model, tokens, t=None, generator=None):
+        return self.token_nats(model, tokens).mean()
+
+    def validation_nats(self, model, tokens, t=None, generator=None):
+        return self.token_nats(model, tokens).sum(1), tokens.shape[1] - 1
+
+    def sample(self, model, n_samples, seq_len, n_steps, generator, **kwargs):
+        raise NotImplementedError("samplers land with the Pareto issue")
+
+
+def build(options, *, vocab_size: int, mask_token_id: int) -> ARFamily:
+    if not isinstance(options, AROptions):
+        options = ENTRY.parse_options(dict(options or {}))
+    return ARFamily(options, vocab_size=vocab_size, mask_token_id=mask_token_id)

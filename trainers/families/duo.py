@@ -1,0 +1,109 @@
+"""Duo: uniform-state diffusion (Sahoo et al. 2025, after UDLM; REFERENCE §1).
+
+Corruption: with probability 1 - alpha_t a token is replaced by a uniformly random token. The
+uniform law is over the K = vocab_size - 1 real tokens: [MASK] is excluded, because a
+uniform-state model has no use for an absorbing symbol and the data never contains it; the model's
+[MASK] logit is forced to -inf, so x_theta lives on the same K tokens. (The Duo code, on GPT-2's
+vocabulary, has no [MASK] in its vocabulary at all: the same K.)
+
+Bidirectional attention, time-conditioned on sigma = -log alpha_t. The loss, for training and
+validation alike, is the closed-form continuous-time NELBO of UDLM/Duo (`duo_nelbo_per_token`,
+transcribed from the Duo code's `nll_per_token`); tests/trainers/test_losses.py checks it against a
+brute-force discretisation of the discrete-time bound and against the exact likelihood.
+
+The Duo paper's Gaussian-relaxation curriculum is not implemented (the scaling study trains
+without it): `curriculum: true` fails at build time.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from trainers import noise
+from trainers.backbone import forbid_token
+from trainers.families.base import Family
+from trainers.families.registry import DuoOptions, get_entry
+
+ENTRY = get_entry("duo")
+
+
+def uniform_corrupt(tokens: torch.Tensor, alpha_t: torch.Tensor, mask_token_id: int, n_real: int,
+                    generator: torch.Generator | None) -> torch.Tensor:
+    """x_t: each token replaced w.p. 1 - alpha_t ([B]) by a uniform draw over the ids != [MASK]."""
+    u = torch.rand(tokens.shape, generator=generator, device=tokens.device)
+    draw = torch.randint(0, n_real, tokens.shape, generator=generator, device=tokens.device)
+    draw = draw + (draw >= mask_token_id).long()  # skip the [MASK] id
+    return torch.where(u < (1.0 - alpha_t)[:, None], draw, tokens)
+
+
+def duo_nelbo_per_token(log_x_theta: torch.Tensor, xt: torch.Tensor, x0: torch.Tensor,
+                        alpha_t: torch.Tensor, dalpha_t: torch.Tensor, n_real: int) -> torch.Tensor:
+    """Continuous-time uniform-state NELBO integrand per token, FloatTensor[B, L].
+
+    log_x_theta: [B, L, V] log-probabilities; columns outside the K = n_real real tokens (the
+    [MASK] column) must have probability 0. alpha_t, dalpha_t: [B, 1]. With r = K alpha/(1-alpha):
+    xbar_theta_j = K alpha x_theta_j + 1 - alpha = (1 - alpha)(1 + r x_theta_j), so
+    sum over real j of log xbar_theta_j = K log(1 - alpha) + sum over all columns of log1p(r x_j)
+    (a zero-probability column adds log1p(0) = 0): no special case for where [MASK] sits.
+    """
+    K = n_real
+    x_theta = log_x_theta.exp()
+    one_minus = 1.0 - alpha_t
+    r = K * alpha_t / one_minus
+    log1p_all = torch.log1p(r[..., None] * x_theta)  # [B, L, V]
+    log1p_sum = log1p_all.sum(-1)
+    log1p_xt = log1p_all.gather(-1, xt[..., None]).squeeze(-1)
+    log1p_x0 = log1p_all.gather(-1, x0[..., None]).squeeze(-1)
+    x_theta_xt = x_theta.gather(-1, xt[..., None]).squeeze(-1)
+
+    eq = (x0 == xt).to(x_theta.dtype)
+    neq = 1.0 - eq
+    xbar_xt = one_minus + K * alpha_t * eq
+    xbar_theta_xt = K * alpha_t * x_theta_xt + one_minus
+    term1 = K * (1.0 / xbar_xt - 1.0 / xbar_theta_xt)
+
+    c = one_minus / (K * alpha_t + one_minus)
+    # sum_j log xbar_theta_j - K log xbar_theta[x_t]: the log(1 - alpha) parts cancel
+    term2_theta = -(eq * c + neq) * (log1p_sum - K * log1p_xt) - r * (log1p_x0 - log1p_xt) * neq
+    term2_offset = ((K - 1) * c * eq - neq / c) * torch.log(c)
+    return dalpha_t / (K * alpha_t) * (term1 - (term2_theta + term2_offset))
+
+
+class DuoFamily(Family):
+    name = ENTRY.name
+    attention = ENTRY.attention
+    needs_time = True
+
+    @property
+    def n_real(self) -> int:
+        return self.vocab_size - 1  # every id but [MASK]
+
+    def token_nelbo(self, model, tokens: torch.Tensor, t: torch.Tensor,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """NELBO integrand per token at times t ([B]), FloatTensor[B, L]."""
+        t = t.to(tokens.device)
+        alpha_t = noise.alpha(t)
+        xt = uniform_corrupt(tokens, alpha_t, self.mask_token_id, self.n_real, generator)
+        logits = model(input_ids=xt, sigma=noise.sigma_from_alpha(alpha_t))
+        log_x_theta = torch.log_softmax(forbid_token(logits, self.mask_token_id), dim=-1)
+        return duo_nelbo_per_token(log_x_theta, xt, tokens, alpha_t[:, None],
+                                   noise.alpha_derivative(t)[:, None], self.n_real)
+
+    def training_loss(self, model, tokens, t, generator=None):
+        return self.token_nelbo(model, tokens, t, generator).mean()
+
+    def validation_nats(self, model, tokens, t, generator=None):
+        return self.token_nelbo(model, tokens, t, generator).sum(1), tokens.shape[1]
+
+    def sample(self, model, n_samples, seq_len, n_steps, generator, **kwargs):
+        raise NotImplementedError("samplers land with the Pareto issue")
+
+
+def build(options, *, vocab_size: int, mask_token_id: int) -> DuoFamily:
+    if not isinstance(options, DuoOptions):
+        options = ENTRY.parse_options(dict(options or {}))
+    if options.curriculum:
+        raise NotImplementedError(
+            "duo: the Gaussian-relaxation curriculum is not implemented (the scaling study trains "
+            "without it); set `curriculum: false`")
+    return DuoFamily(options, vocab_size=vocab_size, mask_token_id=mask_token_id)

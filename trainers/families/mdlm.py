@@ -1,0 +1,78 @@
+"""MDLM: masked (absorbing-state) diffusion (Sahoo et al. 2024; REFERENCE §1).
+
+Corruption: each token independently becomes [MASK] with probability 1 - alpha_t (log-linear
+schedule, trainers/noise.py). Bidirectional attention, no time conditioning (sigma = 0: the model
+infers t from the number of masks). SUBS parameterisation: the [MASK] logit is -inf and only masked
+positions are scored (clean positions are carried over, so they cost nothing).
+
+Objectives, per sequence of L tokens (the reported numbers are per token: divided by L):
+- ``nelbo``: w(t) * sum over masked l of -log p(x^l | x_t), with the exact weight of the schedule
+  w(t) = -alpha'_t / (1 - alpha_t) = (1 - eps) / (1 - (1 - eps) t) ... = 1/t exactly (alpha_0 = 1,
+  since 1 - alpha_t = (1 - eps) t). t is drawn from U[1e-3, 1], as in the MDLM code, so this
+  estimates the continuous-time NELBO with the t < 1e-3 sliver and the t = 1 prior term
+  (alpha_1 = 1e-3, not 0) left out: both are O(1e-3) nats per token.
+- ``low_var``: the same cross-entropy without the weight (not a bound; the paper's MDLM sweep).
+Validation always reports the NELBO.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from trainers import noise
+from trainers.backbone import forbid_token
+from trainers.families.base import Family
+from trainers.families.registry import MDLMOptions, get_entry
+
+ENTRY = get_entry("mdlm")
+
+
+def mask_tokens(tokens: torch.Tensor, alpha_t: torch.Tensor, mask_token_id: int,
+                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_t, masked): each token -> [MASK] independently with probability 1 - alpha_t ([B])."""
+    u = torch.rand(tokens.shape, generator=generator, device=tokens.device)
+    masked = u < (1.0 - alpha_t)[:, None]
+    return torch.where(masked, mask_token_id, tokens), masked
+
+
+def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, scored: torch.Tensor,
+                         mask_token_id: int) -> torch.Tensor:
+    """FloatTensor[B, L]: -log p(target) under SUBS ([MASK] never predicted) where `scored`, else 0."""
+    log_p = forbid_token(logits, mask_token_id)
+    nats = F.cross_entropy(log_p.flatten(0, 1), targets.flatten(), reduction="none")
+    return torch.where(scored, nats.view_as(targets), 0.0)
+
+
+class MDLMFamily(Family):
+    name = ENTRY.name
+    attention = ENTRY.attention
+    needs_time = True
+
+    def masked_nats(self, model, tokens: torch.Tensor, t: torch.Tensor,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """Unweighted -log p(x^l | x_t) at the masked positions, FloatTensor[B, L]."""
+        x_t, masked = mask_tokens(tokens, noise.alpha(t), self.mask_token_id, generator)
+        logits = model(input_ids=x_t, sigma=None)
+        return masked_cross_entropy(logits, tokens, masked, self.mask_token_id)
+
+    def training_loss(self, model, tokens, t, generator=None):
+        t = t.to(tokens.device)
+        nats = self.masked_nats(model, tokens, t, generator).sum(1)
+        if self.options.objective == "nelbo":
+            nats = nats * noise.masked_nelbo_weight(t)
+        return nats.mean() / tokens.shape[1]
+
+    def validation_nats(self, model, tokens, t, generator=None):
+        t = t.to(tokens.device)
+        nats = self.masked_nats(model, tokens, t, generator).sum(1) * noise.masked_nelbo_weight(t)
+        return nats, tokens.shape[1]
+
+    def sample(self, model, n_samples, seq_len, n_steps, generator, **kwargs):
+        raise NotImplementedError("samplers land with the Pareto issue")
+
+
+def build(options, *, vocab_size: int, mask_token_id: int) -> MDLMFamily:
+    if not isinstance(options, MDLMOptions):
+        options = ENTRY.parse_options(dict(options or {}))
+    return MDLMFamily(options, vocab_size=vocab_size, mask_token_id=mask_token_id)
