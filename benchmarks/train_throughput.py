@@ -1,0 +1,274 @@
+"""Training throughput: the DeepSpeed engine against a plain PyTorch loop, and MFU on a GPU.
+
+CPU part (always): tokens/s of the project's training loop (trainers/engine.train_steps through
+deepspeed.initialize) against a plain PyTorch loop doing the same per-step work (lr from the
+schedule, the batch from train_batch, stratified times, seeded corruption, the family's loss,
+backward, clip to 1.0, torch AdamW) on a separate copy of the same model, interleaved round by
+round in one process, median of the rounds. Prints `ratio <deepspeed / plain>`; the target is
+>= 0.90. The default size is representative of the CPU demo (sweeps/demo.yaml): 2 layers x 64,
+vocabulary 1024, 32 sequences of 64 tokens, MDLM.
+
+GPU part (`--gpu`, or automatically when CUDA is available; in its own process, since DeepSpeed
+picks its accelerator once per process): the 113M shape of the paper's ladder (12 layers x 768,
+12 heads, vocabulary 32001), sequences of 2048, bf16 autocast, fused AdamW. Prints the tokens/s of
+both loops and `mfu <value>` = 6 N' tokens/s / peak, with N' = 12 L d^2 + d K (the paper's FLOPs
+convention, scaling/flops.py) and the card's dense bf16 peak (H100/H200 SXM: 989e12 FLOP/s). The
+micro-batch halves until a step fits; the first round is warm-up and not timed; timings are
+synchronised.
+
+    python benchmarks/train_throughput.py                 # CPU (and GPU when there is one)
+    python benchmarks/train_throughput.py --part gpu --compile --micro-batch 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# Dense bf16 tensor-core peaks (NVIDIA datasheets, without sparsity), matched on the device name.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+
+
+class _NullMetrics:
+    def write(self, rows) -> None:
+        pass
+
+
+def synthetic_data(n_blocks: int, seq_len: int, vocab_size: int):
+    """A PreparedData over random blocks: train_batch only reads train_blocks."""
+    import numpy as np
+
+    from trainers.data import PreparedData
+
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(2, vocab_size, size=(n_blocks, seq_len), dtype=np.int64).astype(np.int32)
+    return PreparedData(tokenizer_dir=Path("."), train_blocks=blocks, val_blocks=blocks[:1],
+                        val_bytes_per_token=1.0, mask_token_id=1, eos_token_id=0,
+                        vocab_size=vocab_size, unigram_entropy_nats=0.0, digest="synthetic",
+                        val_block_bytes=np.ones(1, dtype=np.int64))
+
+
+def plain_steps(model, optimizer, family, data, cfg, first: int, last: int, device: str,
+                precision: str) -> float:
+    """The same per-step work as trainers.engine.train_steps, without DeepSpeed; returns the loss
+    of the last step (read once: a sync, like the engine's end-of-round log row)."""
+    import torch
+
+    from trainers.data import train_batch
+    from trainers.engine import CORRUPT_STREAM, TIME_STREAM, autocast_context, derive_seed
+    from trainers.noise import sample_stratified_times
+
+    batch = cfg.global_batch_seqs
+    params = [p for p in model.parameters()]
+    for step in range(first, last):
+        lr = cfg.lr_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        tokens = train_batch(data, step, batch, cfg.seed, start=0, count=batch).to(device, non_blocking=True)
+        time_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step, TIME_STREAM))
+        t = sample_stratified_times(batch, 0, batch, time_gen).to(device)
+        gen = torch.Generator(torch.device(device))
+        gen.manual_seed(derive_seed(cfg.seed, step, CORRUPT_STREAM, 0))
+        with autocast_context(precision, device):
+            loss = family.training_loss(model, tokens, t, gen)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss.detach().item()
+
+
+def build_pair(args, device: str, precision: str, micro_batch: int):
+    """(family, model for DeepSpeed, plain copy, plain optimizer, data, LoopConfig factory)."""
+    import torch
+
+    from scaling.flops import compute_forward_flops_per_token
+    from scaling.schema import Recipe
+    from trainers.backbone import build_model
+    from trainers.engine import LoopConfig, build_optimizer
+    from trainers.families import build_family
+    from trainers.families.registry import get_entry
+
+    torch.manual_seed(0)
+    family = build_family(args.family, {}, vocab_size=args.vocab, mask_token_id=1)
+    model = build_model(args.n_layers, args.d_model, args.n_heads, args.vocab,
+                        attention=get_entry(args.family).attention, mask_token_id=1)
+    plain = copy.deepcopy(model).to(device)
+    recipe = Recipe(global_batch_seqs=micro_batch, seq_len=args.seq, precision=precision,
+                    lr_peak=1e-3, lr_min=1e-4)
+    plain_opt = build_optimizer(plain, recipe, device)
+    data = synthetic_data(max(4 * micro_batch, 64), args.seq, args.vocab)
+    fwd = compute_forward_flops_per_token(args.n_layers, args.d_model, args.vocab, args.seq)
+
+    def loop_config(total_steps: int) -> LoopConfig:
+        return LoopConfig(total_steps=total_steps, warmup_steps=0, lr_peak=1e-3, lr_min=1e-4, seed=1,
+                          seq_len=args.seq, global_batch_seqs=micro_batch, log_every_steps=10**9,
+                          checkpoint_every_steps=0, flops_per_step=3 * fwd * args.seq * micro_batch)
+
+    return family, model, plain, plain_opt, recipe, data, loop_config
+
+
+def fit_micro_batch(args, device: str, precision: str) -> int:
+    """The largest micro-batch <= args.micro_batch (halving) whose training step fits in memory."""
+    import torch
+
+    micro = args.micro_batch
+    while micro >= 1:
+        try:
+            family, _, plain, opt, _, data, loop_config = build_pair(args, device, precision, micro)
+            plain_steps(plain, opt, family, data, loop_config(2), 0, 2, device, precision)
+            del plain, opt
+            torch.cuda.empty_cache()
+            return micro
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            print(f"micro-batch {micro} does not fit; halving", flush=True)
+            micro //= 2
+    raise SystemExit("not even one sequence fits on this GPU")
+
+
+def measure(args, device: str, precision: str, micro_batch: int) -> dict[str, float]:
+    """Interleaved rounds of the DeepSpeed loop and the plain loop; median tokens/s of each."""
+    import torch
+
+    from trainers.dist import import_deepspeed, prepare_process
+    from trainers.engine import (LoopState, build_deepspeed_config, initialize_engine, plan_batches,
+                                 train_steps)
+    from scaling.schema import Resources
+
+    proc = prepare_process(args.threads, use_gpu=device != "cpu")
+    deepspeed = import_deepspeed(proc.world_size, proc.device)
+    import logging
+
+    from deepspeed.utils import logger
+
+    logger.setLevel(logging.WARNING)
+    family, model, plain, plain_opt, recipe, data, loop_config = build_pair(args, device, precision,
+                                                                          micro_batch)
+    plan = plan_batches(micro_batch, None, 1)
+    config = build_deepspeed_config(recipe, Resources(), plan, precision)
+    engine, optimizer = initialize_engine(deepspeed, model, recipe, config, device)
+    if args.compile:
+        engine.compile()
+        plain = torch.compile(plain)
+
+    def sync() -> None:
+        if device != "cpu":
+            torch.cuda.synchronize()
+
+    tokens_per_round = args.steps * micro_batch * args.seq
+    ds_rates, plain_rates, step = [], [], 0
+    for round_index in range(args.rounds + 1):  # round 0 warms up (allocator, autotuning, compile)
+        first, last = step, step + (args.warmup_steps if round_index == 0 else args.steps)
+        sync()
+        t0 = time.perf_counter()
+        train_steps(engine, optimizer, family, data, loop_config(last), plan, rank=0, device=device,
+                    precision=precision, state=LoopState(step=first), metrics=_NullMetrics())
+        sync()
+        t1 = time.perf_counter()
+        plain_steps(plain, plain_opt, family, data, loop_config(last), first, last, device, precision)
+        sync()
+        t2 = time.perf_counter()
+        step = last
+        if round_index > 0:
+            ds_rates.append(tokens_per_round / (t1 - t0))
+            plain_rates.append(tokens_per_round / (t2 - t1))
+    ds, pl = statistics.median(ds_rates), statistics.median(plain_rates)
+    return {"deepspeed": ds, "plain": pl, "ratio": ds / pl}
+
+
+def run_cpu(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print(f"cpu: {args.family} L{args.n_layers} d{args.d_model} vocab {args.vocab}, {args.batch} x "
+          f"{args.seq} tokens per step, fp32, {args.threads} thread(s), {args.rounds} rounds of "
+          f"{args.steps} steps", flush=True)
+    args.micro_batch = args.batch
+    rates = measure(args, "cpu", "fp32", args.batch)
+    print(f"deepspeed_tokens_per_s {rates['deepspeed']:.0f}")
+    print(f"plain_tokens_per_s {rates['plain']:.0f}")
+    print(f"ratio {rates['ratio']:.3f}")
+
+
+def peak_flops(name: str, override: float | None) -> float | None:
+    if override:
+        return override
+    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+def run_gpu(args) -> None:
+    import torch
+
+    from scaling.flops import count_paper_flops_params
+
+    args.n_layers, args.d_model, args.n_heads, args.vocab, args.seq = 12, 768, 12, 32001, 2048
+    name = torch.cuda.get_device_name()
+    micro = fit_micro_batch(args, "cuda:0", "bf16")
+    print(f"gpu: {name}; {args.family} 113M shape (12 x 768, vocab 32001), micro-batch {micro} x "
+          f"2048, bf16 autocast{', torch.compile' if args.compile else ''}", flush=True)
+    rates = measure(args, "cuda:0", "bf16", micro)
+    n_prime = count_paper_flops_params(12, 768, 32001)
+    peak = peak_flops(name, args.peak_flops)
+    print(f"gpu_deepspeed_tokens_per_s {rates['deepspeed']:.0f}")
+    print(f"gpu_plain_tokens_per_s {rates['plain']:.0f}")
+    print(f"gpu_ratio {rates['ratio']:.3f}")
+    print(f"peak_memory_gib {torch.cuda.max_memory_allocated() / 2**30:.1f}")
+    if peak is None:
+        print(f"mfu nan  (unknown peak for {name!r}; pass --peak-flops)")
+    else:
+        print(f"mfu {6 * n_prime * rates['deepspeed'] / peak:.3f}")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--part", choices=("all", "cpu", "gpu"), default="all",
+                   help="all: CPU here, then the GPU part in a subprocess when CUDA is available")
+    p.add_argument("--gpu", action="store_true", help="run the GPU part (error without CUDA)")
+    p.add_argument("--family", default="mdlm")
+    p.add_argument("--n-layers", type=int, default=2)
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--n-heads", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=1024)
+    p.add_argument("--seq", type=int, default=64)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (the demo gives a run 1)")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--steps", type=int, default=30, help="steps per timed round")
+    p.add_argument("--warmup-steps", type=int, default=5, help="steps of the untimed first round")
+    p.add_argument("--micro-batch", type=int, default=16, help="GPU: largest micro-batch to try")
+    p.add_argument("--compile", action="store_true", help="torch.compile both loops' models")
+    p.add_argument("--peak-flops", type=float, default=None, help="GPU: peak bf16 FLOP/s override")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.part == "gpu":
+        run_gpu(args)
+        return 0
+    import torch
+
+    want_gpu = args.gpu or (args.part == "all" and torch.cuda.is_available())
+    if args.gpu and not torch.cuda.is_available():
+        raise SystemExit("--gpu: no CUDA device")
+    run_cpu(args)
+    if want_gpu:
+        sys.stdout.flush()
+        extra = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--gpu",)]
+        return subprocess.call([sys.executable, __file__, *extra, "--part", "gpu"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
