@@ -1,0 +1,137 @@
+"""`scaling fit` and `scaling plot`: the analysis subcommands of the project's one console script.
+
+scaling/cli.py calls register(subparsers); each subcommand sets func(args) -> exit status.
+- fit: prints one line per group (or a JSON list with --json), writes fits/optima/multipliers as
+  CSV + Markdown (+ fits.json) into --out, shows accepted edge vertices as `warning:` lines and
+  failed fits as `error:` lines on stderr. Exit 0 when every fit succeeded, 1 when some fit
+  raised FitError (the rest are still reported and written).
+- plot: fits the same way and writes the figures (PNG, PDF, SVG by default), printing their paths.
+Anything the user got wrong (missing file, unknown column, bad --columns) raises UserError, which
+the top-level CLI prints as one line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from scaling.errors import UserError
+
+# The fitting and plotting modules (scipy, pandas, matplotlib) load only when a subcommand runs,
+# so `scaling --help` stays fast; these two lists mirror analysis.plots.FORMATS and
+# analysis.bootstrap.BOOTSTRAP_METHODS (a test checks they agree).
+FORMATS = ("png", "pdf", "svg")
+BOOTSTRAP_METHODS = ("residuals", "cases")
+
+
+def _add_inputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sweep_dirs", nargs="*", type=Path, metavar="SWEEP_DIR",
+                   help="sweep output directories holding results.parquet (or results.csv); several are concatenated")
+    p.add_argument("--csv", type=Path, help="a CSV of published runs instead of (or beside) sweep directories")
+    p.add_argument("--columns", default=None,
+                   help="map canonical columns (family, flops, n_params, tokens, loss) to the table's: "
+                        'n_params="Model Size",flops="Training FLOP"')
+    p.add_argument("--group-by", default=None, help="comma-separated columns; each group is fitted separately (default: family)")
+    p.add_argument("--budget-tolerance", type=float, default=0.0, metavar="DEX",
+                   help="runs whose log10 FLOPs lie within DEX share a budget (for published points with noisy FLOPs)")
+    p.add_argument("--budgets", default=None, help="comma-separated nominal budgets to snap runs to (within --budget-tolerance)")
+    p.add_argument("--drop-highest", type=int, default=0, metavar="K",
+                   help="approach 3 leaves out the K highest-loss points per group")
+    p.add_argument("--bootstrap", type=int, default=200, metavar="N", help="bootstrap resamples for intervals (0: none)")
+    p.add_argument("--bootstrap-method", choices=BOOTSTRAP_METHODS, default="residuals",
+                   help="approach 2: resample pooled parabola residuals (calibrated, default) or runs within budgets")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--accept-edge-vertex", action="store_true",
+                   help="accept parabola vertices outside the sampled sizes (shown as warnings) instead of failing")
+    p.add_argument("--huber", action="store_true", help="Huber-robust parabolas (approach 2)")
+    p.add_argument("--reference", default=None, help="group the compute multipliers are measured against (default: the first)")
+    p.add_argument("--out", type=Path, default=None, help="output directory")
+
+
+def register(subparsers) -> None:
+    """Add `fit` and `plot` to the project's argparse subparsers."""
+    fit = subparsers.add_parser("fit", help="fit scaling laws (approaches 1-3) to sweep results or a CSV of runs")
+    _add_inputs(fit)
+    fit.add_argument("--json", action="store_true", help="print a JSON list, one object per group")
+    fit.set_defaults(func=run_fit)
+    plot = subparsers.add_parser("plot", help="write the iso-FLOP, frontier and residual figures")
+    _add_inputs(plot)
+    plot.add_argument("--formats", default=",".join(FORMATS), help="comma-separated figure formats (png,pdf,svg)")
+    plot.set_defaults(func=run_plot)
+
+
+def _options(args):
+    from analysis.sweep import FitOptions
+
+    if args.drop_highest < 0:
+        raise UserError(f"--drop-highest must be >= 0, got {args.drop_highest}")
+    if args.bootstrap < 0:
+        raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.budget_tolerance < 0:
+        raise UserError(f"--budget-tolerance must be >= 0 (log10 units), got {args.budget_tolerance}")
+    budgets = None
+    if args.budgets:
+        try:
+            budgets = tuple(float(v) for v in args.budgets.split(","))
+        except ValueError as exc:
+            raise UserError(f"--budgets: {args.budgets!r} is not a comma-separated list of numbers, "
+                            "e.g. 6e18,1e19,3e19") from exc
+    group_by = tuple(c.strip() for c in args.group_by.split(",") if c.strip()) if args.group_by else None
+    return FitOptions(
+        group_by=group_by, drop_highest=args.drop_highest, n_bootstrap=args.bootstrap, seed=args.seed,
+        bootstrap_method=args.bootstrap_method,
+        accept_edge=args.accept_edge_vertex, huber=args.huber, budget_tolerance_dex=args.budget_tolerance,
+        budgets=budgets, reference=args.reference,
+    )
+
+
+def _fit(args):
+    from analysis.sweep import fit_sweep
+    from analysis.table import load_runs, parse_columns
+
+    options = _options(args)  # validate options before reading anything
+    df, notes = load_runs(args.sweep_dirs, args.csv, parse_columns(args.columns))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    result = fit_sweep(df, options)
+    for line in result.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    for line in result.errors:
+        print(f"error: {line}", file=sys.stderr)
+    for line in [n for g in result.groups for n in g.notes] + list(result.notes):
+        print(f"note: {line}", file=sys.stderr)
+    return result
+
+
+def _default_out(args, leaf: str) -> Path:
+    if args.out is not None:
+        return args.out
+    return (args.sweep_dirs[0] / leaf) if args.sweep_dirs else Path(leaf)
+
+
+def run_fit(args) -> int:
+    from analysis.report import json_records, summary_lines, write_tables
+
+    result = _fit(args)
+    paths = write_tables(result, _default_out(args, "fits"))
+    if args.json:
+        print(json.dumps(json_records(result), indent=1))
+    else:
+        print("\n".join(summary_lines(result)))
+    print(f"wrote {len(paths)} files to {paths[0].parent}", file=sys.stderr if args.json else sys.stdout)
+    return 1 if result.errors else 0
+
+
+def run_plot(args) -> int:
+    formats = tuple(f.strip().lower() for f in args.formats.split(",") if f.strip())
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise UserError(f"--formats: {', '.join(unknown) or 'none given'}; choose from {', '.join(FORMATS)}")
+    from analysis.plots import make_figures
+
+    result = _fit(args)
+    for path in make_figures(result, _default_out(args, "figures"), formats):
+        print(path)
+    return 1 if result.errors else 0

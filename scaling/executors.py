@@ -1,0 +1,160 @@
+"""Executors: where runs execute. The runner takes one of these; the product path uses Ray.
+
+RayExecutor, embedded by default: with no address it starts a local Ray (all CPUs, dashboard off
+unless asked) and shuts it down on close; with an address (or RAY_ADDRESS) it joins an existing
+cluster. Each slot is a Ray actor (RunSlot) with the run's CPUs/GPUs; every run gets a fresh process of its
+own, forked from the slot's fork server, because DeepSpeed cannot initialise twice in one process.
+Runs with several workers go through Ray Train instead (scaling/multiworker.py). Ray's own retries
+are off; the runner counts attempts itself so that each one is recorded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from scaling.runner import Outcome, describe_exception
+from scaling.runspec import RunSpec
+
+WORKER_ENV = {
+    "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "PYTHONUNBUFFERED": "1",
+}
+# Fault injection for the fault-tolerance tests travels to the workers when the driver has it set.
+if os.environ.get("SCALING_FAULT_INJECT"):
+    WORKER_ENV["SCALING_FAULT_INJECT"] = os.environ["SCALING_FAULT_INJECT"]
+
+
+class RunSlot:
+    """A Ray actor holding one slot's fork server (scaling/forkserver.py): each run is a fresh
+    forked process, but the imports are paid once per slot."""
+
+    def __init__(self):
+        from scaling.forkserver import Zygote
+
+        self.zygote = Zygote()
+
+    def warm(self) -> int:
+        if self.zygote.proc is None:
+            self.zygote._start()
+        return self.zygote.proc.pid
+
+    def run(self, spec_json: str, run_dir: str, cache_root: str | None) -> dict:
+        return self.zygote.run(spec_json, run_dir, cache_root)
+
+    def abort(self) -> None:
+        self.zygote.abort()
+
+    def close(self) -> None:
+        self.zygote.close()
+
+
+class RayExecutor:
+    def __init__(self, address: str | None = None, *, num_cpus: int | None = None,
+                 dashboard: bool = False, temp_dir: str | None = None,
+                 cache_root: Path | None = None, max_concurrent: int | None = None):
+        import ray
+
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        self.owns_cluster = address is None
+        init_kwargs = dict(include_dashboard=dashboard, log_to_driver=False,
+                           logging_level="ERROR", runtime_env={"env_vars": WORKER_ENV})
+        if self.owns_cluster:
+            init_kwargs.update(num_cpus=num_cpus or os.cpu_count(), _temp_dir=temp_dir)
+        ray.init(address=address, **init_kwargs)
+        self.ray = ray
+        self.cache_root = str(cache_root) if cache_root else None
+        self.max_concurrent = max_concurrent
+        self._slot_class = ray.remote(max_restarts=0, max_concurrency=2)(RunSlot)
+        self._idle: dict[tuple, list] = {}
+        self._busy: dict[object, tuple] = {}  # object ref -> (slot key, actor or None)
+
+    def capacity(self, spec: RunSpec) -> int:
+        """Runs of this shape that fit the cluster at once (by CPUs, and GPUs when asked)."""
+        total = self.ray.cluster_resources()
+        res = spec.resources
+        fits = int(total.get("CPU", 1) // (res.cpus_per_worker * res.workers))
+        if res.gpus_per_worker:
+            fits = min(fits, int(total.get("GPU", 0) // (res.gpus_per_worker * res.workers)))
+        fits = max(fits, 1)
+        return min(fits, self.max_concurrent) if self.max_concurrent else fits
+
+    def submit(self, spec: RunSpec, run_dir: Path):
+        res = spec.resources
+        if res.workers > 1:
+            from scaling.multiworker import submit_multiworker
+
+            return submit_multiworker(self.ray, spec, run_dir, self.cache_root)
+        key = (res.cpus_per_worker, res.gpus_per_worker)
+        idle = self._idle.setdefault(key, [])
+        actor = idle.pop() if idle else self._slot_class.options(
+            num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker).remote()
+        ref = actor.run.remote(spec.to_json(), str(run_dir), self.cache_root)
+        self._busy[ref] = (key, actor)
+        return ref
+
+    def wait(self, handles: list, timeout_s: float) -> list[tuple[object, Outcome]]:
+        if not handles:
+            return []
+        ready, _ = self.ray.wait(handles, num_returns=len(handles), timeout=timeout_s)
+        finished = []
+        for handle in ready:
+            outcome, slot_alive = self._outcome(handle)
+            key, actor = self._busy.pop(handle, (None, None))
+            if actor is not None and slot_alive:
+                self._idle.setdefault(key, []).append(actor)
+            finished.append((handle, outcome))
+        return finished
+
+    def _outcome(self, handle) -> tuple[Outcome, bool]:
+        """How the run ended, and whether its slot (actor) is still usable."""
+        from ray import exceptions as rex
+
+        try:
+            return Outcome(ok=True, summary=self.ray.get(handle)), True
+        except rex.RayTaskError as exc:
+            from scaling.forkserver import RunFailedError, WorkerDiedError
+
+            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+            if isinstance(cause, WorkerDiedError):
+                return Outcome(ok=False, error=str(cause), worker_died=True), True
+            if isinstance(cause, RunFailedError):
+                return Outcome(ok=False, error=str(cause), traceback=cause.traceback_text), True
+            line, text = describe_exception(cause)
+            return Outcome(ok=False, error=line, traceback=text), True
+        except (rex.WorkerCrashedError, rex.NodeDiedError, rex.ActorDiedError,
+                rex.TaskCancelledError, rex.OutOfMemoryError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            error = f"worker process died ({type(exc).__name__}) {first}".strip()
+            return Outcome(ok=False, error=error, worker_died=True), False
+
+    def cancel(self, handles: list) -> None:
+        """Stop runs in flight: kill their processes (the slot's abort), then the slots."""
+        aborts = []
+        for handle in handles:
+            _, actor = self._busy.pop(handle, (None, None))
+            if actor is not None:
+                aborts.append(actor.abort.remote())
+            else:
+                try:
+                    self.ray.cancel(handle, force=True)
+                except Exception:  # noqa: BLE001 - already finished or gone
+                    pass
+        if aborts:
+            self.ray.wait(aborts, num_returns=len(aborts), timeout=30)
+
+    def close(self) -> None:
+        if not self.ray.is_initialized():
+            return
+        actors = [a for pool in self._idle.values() for a in pool]
+        actors += [a for _, a in self._busy.values() if a is not None]
+        if actors:
+            self.ray.wait([a.close.remote() for a in actors], num_returns=len(actors), timeout=30)
+        self._idle.clear()
+        self._busy.clear()
+        self.ray.shutdown()

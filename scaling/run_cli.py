@@ -1,0 +1,140 @@
+"""`scaling run` (train a sweep on Ray) and `scaling status` (the run store, no Ray)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run", help="train every run of a sweep on Ray + DeepSpeed (resumable)",
+        description="Train the sweep's grid. Succeeded runs are skipped, interrupted ones resume "
+                    "from their checkpoints, failed ones are retried up to max_retries. With no "
+                    "--address a local Ray is started (all CPUs) and stopped on exit.")
+    p.add_argument("sweep", help="sweep YAML file")
+    p.add_argument("--address", default=None,
+                   help="join an existing Ray cluster ('auto' or HOST:PORT; default: $RAY_ADDRESS "
+                        "or a local Ray started for this command)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list each run as run / resume / retry / skip with the reason; start nothing")
+    p.add_argument("--max-concurrent", type=int, default=None,
+                   help="at most this many runs at once (default: as many as the resources allow)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (local Ray)")
+    p.add_argument("--ray-temp-dir", default=None, help="session folder of the local Ray")
+    p.add_argument("--no-progress", action="store_true", help="print events as lines, no live display")
+    p.set_defaults(func=run_run)
+
+    s = sub.add_parser(
+        "status", help="the run store of a sweep as a table (does not start Ray)",
+        description="For each run of the sweep's plan: state, attempts, validation loss, wall "
+                    "time and the last error; plus totals.")
+    s.add_argument("sweep", help="sweep YAML file")
+    s.add_argument("--format", choices=("table", "csv"), default="table")
+    s.set_defaults(func=run_status)
+
+
+def _cache_root(sweep) -> Path:
+    return Path(sweep.data.cache_dir or Path(sweep.output_dir) / ".cache")
+
+
+def print_decisions(decisions) -> None:
+    width = max(len(d.spec.run_id) for d in decisions)
+    for d in decisions:
+        print(f"{d.action:<7} {d.spec.run_id:<{width}}  {d.reason}")
+    counts = {a: sum(d.action == a for d in decisions) for a in ("run", "resume", "retry", "skip")}
+    print("would " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from scaling.runner import plan_actions, run_sweep
+    from scaling.store import RunStore
+    from scaling.sweepfile import load_plan
+
+    sweep, plan = load_plan(args.sweep)
+    specs = list(plan.runs)
+    store = RunStore(sweep.output_dir, sweep.name)
+    decisions = plan_actions(store, specs)
+    if args.dry_run:
+        print_decisions(decisions)
+        return 0
+    todo = [d for d in decisions if d.action != "skip"]
+    if not todo:
+        store.rebuild_results(specs)
+        print(f"[{sweep.name}] all {len(specs)} runs already succeeded; results: {store.root / 'results.parquet'}")
+        return 0
+    from trainers.data import prepare_data  # tokenize once here, before any worker starts
+
+    started = time.monotonic()
+    prepare_data(sweep.data, sweep.recipe.seq_len, _cache_root(sweep))
+    outcome = _run_on_ray(args, sweep, specs, store)
+    wall = time.monotonic() - started
+    print(f"[{sweep.name}] {len(outcome.succeeded)} trained, {len(outcome.skipped)} already done, "
+          f"{len(outcome.failed)} failed in {wall:.0f}s; results: {store.root / 'results.parquet'}")
+    if outcome.failed:
+        for run_id, error in outcome.failed.items():
+            print(f"failed: {run_id}: {error}", file=sys.stderr)
+        print(f"to retry: fix the cause, then rerun `scaling run {args.sweep}` (succeeded runs are "
+              f"kept; details in {store.runs_dir}/<run_id>/status.json and worker.log)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_on_ray(args, sweep, specs, store):
+    from scaling.executors import RayExecutor
+    from scaling.progress import SweepProgress
+    from scaling.runner import run_sweep
+
+    executor = RayExecutor(args.address, num_cpus=args.num_cpus, dashboard=args.dashboard,
+                           temp_dir=args.ray_temp_dir, cache_root=_cache_root(sweep),
+                           max_concurrent=args.max_concurrent)
+    progress = SweepProgress(sweep.name, live=False if args.no_progress else None)
+    try:
+        return run_sweep(specs, store, executor, progress=progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; rerun `scaling run {args.sweep}` to resume", file=sys.stderr)
+        raise
+    finally:
+        progress.close()
+        executor.close()
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from scaling.store import RunStore
+    from scaling.sweepfile import load_plan
+
+    sweep, plan = load_plan(args.sweep)
+    store = RunStore(sweep.output_dir, sweep.name)
+    rows = []
+    for spec in plan.runs:
+        state = store.state(spec.run_id)
+        result = store.read_result(spec.run_id) or {}
+        val = result.get("val_loss")
+        wall = result.get("wall_seconds")
+        rows.append((spec.label, f"{spec.flops_budget:.3g}", spec.shape.tag, state.state,
+                     str(state.attempts), f"{val:.4f}" if val is not None else "-",
+                     f"{wall:.0f}" if wall is not None else "-", spec.run_id,
+                     (state.error or "")[:60]))
+    header = ("family", "budget", "shape", "state", "tries", "val_loss", "wall_s", "run_id", "error")
+    if args.format == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(header)
+        writer.writerows(rows)
+        return 0
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    print(fmt.format(*header))
+    for row in rows:
+        print(fmt.format(*row))
+    counts = {}
+    for row in rows:
+        counts[row[3]] = counts.get(row[3], 0) + 1
+    orphans = set(store.known_run_ids()) - {s.run_id for s in plan.runs}
+    print(f"\n{len(rows)} runs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+          + (f"; {len(orphans)} other run folders not in this plan" if orphans else ""))
+    return 0

@@ -1,0 +1,167 @@
+"""The sweep runner: from a planned grid to finished runs, resumable and fault-tolerant.
+
+The scheduling logic here is pure bookkeeping over an injected Executor (scaling/executors.py):
+it decides what to run (skip / resume / run / retry), orders runs longest first, keeps the
+executor's slots full, records every state change in the run store, retries failures up to
+max_retries, and rebuilds the results table. The product path uses the Ray executor; tests of this
+logic may inject another.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback as tb
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+from scaling.runspec import RunSpec
+from scaling.store import RunStore
+
+# Cost model for longest-first ordering: seconds ~ steps x per-step overhead + FLOPs / throughput.
+# Rough CPU figures (one thread); only the order matters, not the values.
+STEP_OVERHEAD_S = 3e-3
+FLOPS_PER_S = 2e10
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt ended. worker_died: the process vanished (killed, OOM) rather than raised."""
+
+    ok: bool
+    error: str | None = None
+    traceback: str | None = None
+    worker_died: bool = False
+    summary: dict | None = None
+
+
+class Executor(Protocol):
+    def capacity(self, spec: RunSpec) -> int:
+        """How many runs shaped like `spec` fit at once."""
+
+    def submit(self, spec: RunSpec, run_dir: Path) -> object:
+        """Start one run; return a handle."""
+
+    def wait(self, handles: list[object], timeout_s: float) -> list[tuple[object, Outcome]]:
+        """Handles that finished within the timeout, with their outcomes."""
+
+    def cancel(self, handles: list[object]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Decision:
+    spec: RunSpec
+    action: str  # run | resume | retry | skip
+    reason: str
+
+
+@dataclass
+class SweepOutcome:
+    succeeded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.interrupted
+
+
+def estimated_seconds(spec: RunSpec) -> float:
+    return spec.steps * STEP_OVERHEAD_S + spec.achieved_flops / FLOPS_PER_S
+
+
+def decide(store: RunStore, spec: RunSpec) -> Decision:
+    """What a run needs, and why: the result record decides 'done', a checkpoint 'resume'."""
+    state = store.state(spec.run_id)
+    if state.has_result:
+        return Decision(spec, "skip", "result.json present")
+    if state.has_checkpoint:
+        return Decision(spec, "resume", f"checkpoint present (was {state.state})")
+    if state.state == "failed":
+        return Decision(spec, "retry", f"failed before: {state.error or 'no reason recorded'}")
+    if state.state in ("running", "interrupted"):
+        return Decision(spec, "run", f"was {state.state}, no checkpoint yet")
+    return Decision(spec, "run", "new")
+
+
+def plan_actions(store: RunStore, specs: list[RunSpec]) -> list[Decision]:
+    return [decide(store, spec) for spec in specs]
+
+
+class Progress(Protocol):
+    def update(self, *, done: int, running: int, failed: int, total: int, flops_done: float,
+               flops_total: float, event: str | None) -> None: ...
+
+
+def run_sweep(specs: list[RunSpec], store: RunStore, executor: Executor,
+              progress: Progress | None = None, poll_s: float = 0.5,
+              on_event: Callable[[str], None] | None = None) -> SweepOutcome:
+    """Run every unfinished spec; never retrain a run that has its result record."""
+    outcome = SweepOutcome()
+    decisions = plan_actions(store, specs)
+    todo = [d.spec for d in decisions if d.action != "skip"]
+    outcome.skipped = [d.spec.run_id for d in decisions if d.action == "skip"]
+    for run_id in outcome.skipped:  # the record exists but the driver died before saying so
+        if store.read_status(run_id).get("state") != "succeeded":
+            store.write_status(run_id, "succeeded", reconciled=True)
+    todo.sort(key=estimated_seconds, reverse=True)  # longest first shortens the makespan
+    flops_total = sum(s.achieved_flops for s in specs)
+    flops_done = sum(s.achieved_flops for s in specs if s.run_id in set(outcome.skipped))
+    attempts = {s.run_id: 0 for s in todo}
+    inflight: dict[object, RunSpec] = {}
+    pending = list(todo)
+
+    def report(event: str | None = None) -> None:
+        if event and on_event:
+            on_event(event)
+        if progress:
+            progress.update(done=len(outcome.succeeded) + len(outcome.skipped), running=len(inflight),
+                            failed=len(outcome.failed), total=len(specs), flops_done=flops_done,
+                            flops_total=flops_total, event=event)
+
+    report()
+    try:
+        while pending or inflight:
+            while pending and len(inflight) < executor.capacity(pending[0]):
+                spec = pending.pop(0)
+                attempts[spec.run_id] += 1
+                store.write_spec(spec)
+                prior = store.read_status(spec.run_id).get("attempts", 0)
+                store.write_status(spec.run_id, "running", attempts=int(prior) + 1,
+                                   started_at=time.time())
+                inflight[executor.submit(spec, store.run_dir(spec.run_id))] = spec
+            for handle, result in executor.wait(list(inflight), poll_s):
+                spec = inflight.pop(handle)
+                if result.ok and store.read_result(spec.run_id) is not None:
+                    store.write_status(spec.run_id, "succeeded", finished_at=time.time())
+                    outcome.succeeded.append(spec.run_id)
+                    outcome.failed.pop(spec.run_id, None)
+                    flops_done += spec.achieved_flops
+                    report(f"done {spec.run_id}")
+                    continue
+                error = result.error or "the run ended without writing result.json"
+                store.write_status(spec.run_id, "failed", error=error, traceback=result.traceback,
+                                   worker_died=result.worker_died, finished_at=time.time())
+                if attempts[spec.run_id] <= spec.max_retries:
+                    pending.insert(0, spec)  # retry next, resuming from its checkpoint if any
+                    report(f"retry {spec.run_id} ({error})")
+                else:
+                    outcome.failed[spec.run_id] = error
+                    report(f"failed {spec.run_id}: {error}")
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+        executor.cancel(list(inflight))
+        for spec in inflight.values():
+            store.write_status(spec.run_id, "interrupted", error="interrupted by the user")
+        raise
+    finally:
+        store.rebuild_results(specs)
+    return outcome
+
+
+def describe_exception(exc: BaseException) -> tuple[str, str]:
+    """(one-line reason, full traceback) of an exception raised by a run."""
+    text = "".join(tb.format_exception(exc))
+    line = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return f"{type(exc).__name__}: {line}" if type(exc).__name__ not in line else line, text

@@ -1,0 +1,153 @@
+"""The run store: one folder per run, records written atomically, a results table rebuilt from them.
+
+    <output_dir>/<sweep>/
+      runs/<run_id>/spec.json       the RunSpec (written at dispatch; same content every time)
+      runs/<run_id>/status.json     state pending|running|succeeded|failed|interrupted, attempts, error
+      runs/<run_id>/metrics.jsonl   the loss curve (written by the trainer)
+      runs/<run_id>/result.json     the result record (written once, atomically, by the trainer)
+      runs/<run_id>/checkpoints/    periodic checkpoints for resume
+      results.parquet, results.csv  one row per succeeded run of the current plan
+
+result.json is the source of truth for "done": a run whose record exists is never retrained, even if
+its status was not updated because the driver died in between.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from scaling.runspec import RunSpec
+
+STATES = ("pending", "running", "succeeded", "failed", "interrupted")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write text so readers see the old file or the new one, never half of either."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON record, or None when absent or unreadable (a torn file is treated as missing)."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+@dataclass(frozen=True)
+class RunState:
+    run_id: str
+    state: str
+    attempts: int
+    error: str | None
+    has_result: bool
+    has_checkpoint: bool
+
+
+class RunStore:
+    def __init__(self, output_dir: str | Path, sweep_name: str):
+        self.root = Path(output_dir) / sweep_name
+        self.runs_dir = self.root / "runs"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs_dir / run_id
+
+    def write_spec(self, spec: RunSpec) -> Path:
+        path = self.run_dir(spec.run_id) / "spec.json"
+        text = spec.to_json()
+        if not path.exists() or path.read_text() != text:
+            write_atomic(path, text)
+        return path
+
+    def read_status(self, run_id: str) -> dict[str, Any]:
+        return read_json(self.run_dir(run_id) / "status.json") or {"state": "pending", "attempts": 0}
+
+    def write_status(self, run_id: str, state: str, **fields: Any) -> None:
+        assert state in STATES, state
+        record = {**self.read_status(run_id), **fields, "state": state,
+                  "updated_at": time.time(), "host": socket.gethostname()}
+        if state == "succeeded":
+            record.pop("error", None)
+            record.pop("traceback", None)
+        write_atomic(self.run_dir(run_id) / "status.json", json.dumps(record, indent=2))
+
+    def read_result(self, run_id: str) -> dict[str, Any] | None:
+        return read_json(self.run_dir(run_id) / "result.json")
+
+    def has_checkpoint(self, run_id: str) -> bool:
+        ckpt = self.run_dir(run_id) / "checkpoints"
+        return ckpt.is_dir() and any(ckpt.iterdir())
+
+    def state(self, run_id: str) -> RunState:
+        status = self.read_status(run_id)
+        has_result = self.read_result(run_id) is not None
+        state = "succeeded" if has_result else status.get("state", "pending")
+        if state == "succeeded" and not has_result:
+            state = "failed"  # a success without its record is not a success
+        return RunState(run_id, state, int(status.get("attempts", 0)), status.get("error"),
+                        has_result, self.has_checkpoint(run_id))
+
+    def known_run_ids(self) -> list[str]:
+        if not self.runs_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.runs_dir.iterdir() if p.is_dir())
+
+    def rebuild_results(self, specs: Iterable[RunSpec]) -> Path | None:
+        """results.parquet + results.csv from the result records of the plan's succeeded runs."""
+        import pandas as pd
+
+        rows = [results_row(rec) for spec in specs if (rec := self.read_result(spec.run_id))]
+        if not rows:
+            return None
+        frame = pd.DataFrame(rows).sort_values(["family", "flops_budget", "n_params"])
+        parquet = self.root / "results.parquet"
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = parquet.with_suffix(".parquet.tmp")
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, parquet)
+        write_atomic(self.root / "results.csv", frame.to_csv(index=False))
+        return parquet
+
+
+# Columns of the results table, in order; the analysis reads family, flops_budget, n_params,
+# n_tokens and val_loss (see analysis/table.py).
+RESULT_COLUMNS = (
+    "run_id", "sweep", "family", "family_name", "options", "flops_budget", "achieved_flops",
+    "flops_convention", "n_layers", "d_model", "n_heads", "n_params", "n_params_total", "n_tokens",
+    "tokens_per_param", "steps", "val_loss", "val_bits_per_byte", "train_loss",
+    "unigram_entropy_nats", "tokens_per_second", "wall_seconds", "setup_seconds",
+    "peak_memory_bytes", "config_hash", "code_version")
+
+
+def results_row(record: dict[str, Any]) -> dict[str, Any]:
+    """Flatten one result record into a table row (family = the label, e.g. mdlm-lowvar)."""
+    spec = record.get("spec", {})
+    shape = spec.get("shape", {})
+    row = {
+        "run_id": record.get("run_id"), "sweep": spec.get("sweep"), "family": spec.get("label"),
+        "family_name": spec.get("family"), "options": json.dumps(spec.get("options", {}), sort_keys=True),
+        "flops_budget": spec.get("flops_budget"), "n_layers": shape.get("n_layers"),
+        "d_model": shape.get("d_model"), "n_heads": shape.get("n_heads"),
+        "tokens_per_param": spec.get("tokens_per_param"), "steps": spec.get("steps"),
+    }
+    for column in RESULT_COLUMNS:
+        if column not in row:
+            row[column] = record.get(column, spec.get(column))
+    return row

@@ -1,0 +1,197 @@
+"""Reading tables, `scaling fit` and `scaling plot`: user errors, JSON, files written."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import cli
+from analysis.synthetic import CHINCHILLA_SURFACE, Surface, make_sweep_table
+from analysis.table import assign_budgets, load_runs, parse_columns
+from scaling.errors import UserError
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO / ".." / "shared"
+CHINCHILLA_CSV = SHARED / "data" / "chinchilla_epoch" / "points.csv"
+CHINCHILLA_COLUMNS = "n_params=Model Size,flops=Training FLOP"
+FAMILIES = {
+    "ar": CHINCHILLA_SURFACE,
+    "mdlm-lowvar": Surface(E=1.9, A=477.8, B=2143.9, alpha=0.36, beta=0.33),
+    "duo": Surface(E=1.95, A=400.0, B=2500.0, alpha=0.34, beta=0.34),
+}
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.fixture
+def chinchilla_csv() -> Path:
+    if not CHINCHILLA_CSV.exists():
+        pytest.skip(f"shared data not found at {CHINCHILLA_CSV} (CI puts shared/ beside the repo)")
+    return CHINCHILLA_CSV
+
+
+@pytest.fixture
+def sweep_dir(tmp_path) -> Path:
+    """3 families x 3 budgets x 5 sizes, as `scaling run` writes it."""
+    make_sweep_table(FAMILIES, budgets=(1e18, 1e19, 1e20), n_sizes=5, span_dex=1.0, noise=0.003).to_parquet(
+        tmp_path / "results.parquet", index=False
+    )
+    return tmp_path
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+
+def test_parse_columns_accepts_quoted_and_bare_names():
+    expected = {"n_params": "Model Size", "flops": "Training FLOP"}
+    assert parse_columns('n_params="Model Size",flops="Training FLOP"') == expected
+    assert parse_columns(CHINCHILLA_COLUMNS) == expected
+
+
+@pytest.mark.parametrize(
+    "spec, message", [("n_params", "is not canonical=Source"), ("size=Model Size", "unknown canonical column")]
+)
+def test_parse_columns_rejects_bad_syntax(spec, message):
+    with pytest.raises(UserError, match=message):
+        parse_columns(spec)
+
+
+def test_assign_budgets_exact_tolerance_and_centres():
+    flops = np.array([1e19, 1e19, 3e19, 1.02e19, 2.9e19])
+    assert list(assign_budgets(flops)[:3]) == [1e19, 1e19, 3e19]
+    clustered = assign_budgets(flops, tolerance_dex=0.02)
+    assert clustered[0] == clustered[3] != clustered[2]
+    snapped = assign_budgets(np.array([0.98e19, 3.1e19, 6e19]), tolerance_dex=0.05, centres=[1e19, 3e19])
+    assert snapped[0] == 1e19 and snapped[1] == 3e19 and np.isnan(snapped[2])
+
+
+def test_sweep_table_maps_to_canonical_columns(sweep_dir):
+    df, notes = load_runs([sweep_dir])
+    assert {"family", "flops", "n_params", "tokens", "loss"} <= set(df.columns)
+    raw = pd.read_parquet(sweep_dir / "results.parquet")
+    np.testing.assert_array_equal(df["loss"], raw["val_loss"])
+    np.testing.assert_array_equal(df["tokens"], raw["n_tokens"])
+    assert notes == []
+
+
+def test_several_sweeps_are_concatenated(tmp_path):
+    for family in ("ar", "duo"):
+        (tmp_path / family).mkdir()
+        make_sweep_table({family: FAMILIES[family]}, n_sizes=4).to_csv(tmp_path / family / "results.csv", index=False)
+    df, _ = load_runs([tmp_path / "ar", tmp_path / "duo"])
+    assert sorted(df["family"].unique()) == ["ar", "duo"] and len(df) == 2 * 3 * 4
+
+
+def test_tokens_default_to_6nd(chinchilla_csv):
+    df, _ = load_runs(csv_path=chinchilla_csv, columns=parse_columns(CHINCHILLA_COLUMNS))
+    np.testing.assert_allclose(df["tokens"], df["flops"] / (6 * df["n_params"]))
+
+
+# --- user errors (exit 2 through the top-level CLI) ----------------------------------------------
+
+
+def test_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        run(["fit", "--csv", str(tmp_path / "nope.csv")])
+    with pytest.raises(UserError, match="no results.parquet"):
+        run(["fit", str(tmp_path)])
+
+
+def test_unknown_column_in_columns_is_a_user_error(chinchilla_csv):
+    with pytest.raises(UserError, match="unknown column 'Model Sise'"):
+        run(["fit", "--csv", str(chinchilla_csv), "--columns", "n_params=Model Sise,flops=Training FLOP"])
+
+
+def test_unmapped_required_column_is_a_user_error(chinchilla_csv):
+    with pytest.raises(UserError, match="no column for flops, n_params"):
+        run(["fit", "--csv", str(chinchilla_csv)])
+
+
+def test_unknown_group_by_column_is_a_user_error(sweep_dir):
+    with pytest.raises(UserError, match="--group-by: unknown column 'dataset'"):
+        run(["fit", str(sweep_dir), "--group-by", "dataset", "--bootstrap", "0"])
+
+
+# --- fit / plot -------------------------------------------------------------------------------
+
+
+def test_fit_json_on_chinchilla(chinchilla_csv, tmp_path, capsys):
+    status = run(["fit", "--csv", str(chinchilla_csv), "--columns", CHINCHILLA_COLUMNS, "--drop-highest", "5",
+                  "--bootstrap", "20", "--json", "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    records = json.loads(out)
+    assert isinstance(records, list) and len(records) == 1
+    for key in ("E", "A", "B", "alpha", "beta", "a", "b", "a_lo", "a_hi", "b_lo", "b_hi", "E_se"):
+        assert key in records[0]
+    assert records[0]["E"] == pytest.approx(1.8172, rel=0.005)
+    # Hoffmann's FLOPs were read off a figure: no two runs share a budget, approach 2 fails loudly
+    assert status == 1 and "error: " in err and "not iso-FLOP groups" in err
+    assert records[0]["a"] is None and records[0]["errors"]
+    assert (tmp_path / "fits.csv").exists() and (tmp_path / "fits.md").exists()
+
+
+def test_fit_sweep_writes_tables_and_prints_groups(sweep_dir, capsys):
+    assert run(["fit", str(sweep_dir), "--bootstrap", "20"]) == 0
+    out = capsys.readouterr().out
+    for family in FAMILIES:
+        assert family in out
+    assert "multiplier" in out and "held-out" in out
+    for name in ("fits", "optima", "multipliers"):
+        assert (sweep_dir / "fits" / f"{name}.csv").exists() and (sweep_dir / "fits" / f"{name}.md").exists()
+    fits = pd.read_csv(sweep_dir / "fits" / "fits.csv")
+    assert list(fits["group"]) == sorted(FAMILIES)
+
+
+def test_edge_vertex_is_an_error_or_a_visible_warning(tmp_path, capsys):
+    table = make_sweep_table({"ar": CHINCHILLA_SURFACE}, budgets=(1e18, 1e19, 1e20), n_sizes=5, span_dex=0.5)
+    table["n_params"] *= 10 ** 0.6  # every grid now sits above the optimum
+    table["n_tokens"] = table["flops_budget"] / (6 * table["n_params"])
+    table["val_loss"] = CHINCHILLA_SURFACE.as_fit().predict_loss(table["n_params"], table["n_tokens"])
+    table.to_csv(tmp_path / "results.csv", index=False)
+    assert run(["fit", str(tmp_path), "--bootstrap", "0"]) == 1
+    assert "outside the sampled sizes" in capsys.readouterr().err
+    assert run(["fit", str(tmp_path), "--bootstrap", "0", "--accept-edge-vertex"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: ") >= 3 and "extrapolated, accepted" in err
+
+
+def test_plot_writes_png_pdf_svg(sweep_dir, capsys):
+    assert run(["plot", str(sweep_dir), "--bootstrap", "10"]) == 0
+    printed = capsys.readouterr().out.split()
+    figures = sweep_dir / "figures"
+    for name in ("isoflop_curves", "frontier_params_tokens", "loss_frontier", "tokens_per_param", "parametric_residuals"):
+        for ext in ("png", "pdf", "svg"):
+            path = figures / f"{name}.{ext}"
+            assert path.stat().st_size > 1000, path
+            assert str(path) in printed
+
+
+def test_plot_rejects_unknown_format(sweep_dir):
+    with pytest.raises(UserError, match="--formats: gif"):
+        run(["plot", str(sweep_dir), "--formats", "png,gif"])
+
+
+def test_cli_choices_mirror_the_modules():
+    from analysis.bootstrap import BOOTSTRAP_METHODS
+    from analysis.plots import FORMATS
+
+    assert cli.FORMATS == FORMATS and cli.BOOTSTRAP_METHODS == BOOTSTRAP_METHODS
+
+
+def test_analysis_imports_no_torch_ray_or_deepspeed():
+    code = ("import sys, analysis.cli, analysis.plots; "
+            "bad = [m for m in ('torch', 'ray', 'deepspeed') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

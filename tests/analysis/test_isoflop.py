@@ -1,0 +1,191 @@
+"""Approaches 1 and 2, their bootstrap, multipliers and the held-out check, on planted truths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from analysis.bootstrap import bootstrap_isoflop
+from analysis.envelope import envelope_points, fit_envelope
+from analysis.errors import FitError
+from analysis.isoflop import fit_budget, fit_isoflop, fit_parabolas
+from analysis.multipliers import check_held_out, compute_multiplier
+from analysis.synthetic import make_parabola_runs
+
+TRUE_A = 0.5  # make_parabola_runs' default N* = 0.1 C^0.5
+
+
+def test_planted_parabola_vertex_is_exact_without_noise():
+    n = np.logspace(7, 9, 6)
+    loss = 2.5 + 0.07 * np.log(n / 3.3e8) ** 2
+    optimum = fit_budget(1e19, n, loss)
+    assert optimum.n_params == pytest.approx(3.3e8, rel=1e-9)
+    assert optimum.loss == pytest.approx(2.5, abs=1e-12)
+    assert optimum.n_tokens == pytest.approx(1e19 / (6 * 3.3e8), rel=1e-9)
+    assert not optimum.at_edge
+
+
+def test_planted_power_laws_are_recovered_without_noise():
+    flops, n, loss = make_parabola_runs(noise=0.0, rng=0)
+    fit = fit_isoflop(flops, n, loss)
+    assert fit.a == pytest.approx(TRUE_A, abs=1e-9)
+    assert fit.b == pytest.approx(1 - TRUE_A, abs=1e-9)  # D* = C / 6N*
+    assert fit.n_params_law.coef == pytest.approx(0.1, rel=1e-7)
+    assert fit.loss_law.exponent == pytest.approx(-0.05, abs=1e-9)
+
+
+def test_noisy_planted_exponent_is_recovered():
+    """noise 0.01 nats, 7 sizes over a decade, 4 budgets: the estimator's spread is 0.015 (see
+    the coverage test), so 0.05 is a >3-sigma tolerance."""
+    flops, n, loss = make_parabola_runs(noise=0.01, rng=3)
+    assert fit_isoflop(flops, n, loss).a == pytest.approx(TRUE_A, abs=0.05)
+
+
+def test_huber_parabola_resists_an_outlier():
+    n = np.logspace(7, 9, 9)
+    loss = 2.5 + 0.07 * np.log(n / 1e8) ** 2
+    loss[1] += 0.3  # one diverged run
+    ols = fit_budget(1e19, n, loss, accept_edge=True)
+    huber = fit_budget(1e19, n, loss, huber=True)
+    assert abs(np.log(huber.n_params / 1e8)) < 0.2 * abs(np.log(ols.n_params / 1e8))
+
+
+def test_batched_parabolas_match_polyfit():
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=(4, 6))
+    y = rng.normal(size=(4, 6))
+    coefs = fit_parabolas(u, y, np.ones_like(u))
+    for row in range(4):
+        np.testing.assert_allclose(coefs[row], np.polyfit(u[row], y[row], 2)[::-1], rtol=1e-9)
+
+
+# --- honest failure ---------------------------------------------------------------------------
+
+
+def test_too_few_sizes_raises_naming_the_budget():
+    with pytest.raises(FitError, match=r"group ar, budget 1e\+19 FLOPs: 2 runs .* needs >= 3"):
+        fit_budget(1e19, [1e8, 2e8], [3.0, 2.9], group="ar")
+
+
+def test_non_positive_curvature_raises():
+    n = np.logspace(7, 9, 5)
+    with pytest.raises(FitError, match="non-positive curvature"):
+        fit_budget(1e19, n, 3.0 - 0.05 * np.log(n / 1e8) ** 2, group="duo")
+
+
+def test_non_finite_input_raises():
+    flops, n, loss = make_parabola_runs(noise=0.0, rng=0)
+    loss[4] = np.inf
+    with pytest.raises(FitError, match="loss is non-finite in 1 runs"):
+        fit_isoflop(flops, n, loss, group="mdlm")
+
+
+def test_edge_vertex_raises_unless_accepted():
+    n = np.logspace(7, 8, 5)
+    loss = 2.5 + 0.07 * np.log(n / 3e8) ** 2  # optimum beyond the largest size
+    with pytest.raises(FitError, match="outside the sampled sizes .*accept_edge=True"):
+        fit_budget(1e19, n, loss)
+    flops = np.repeat([1e19, 1e20], 5)
+    sizes = np.concatenate([n, n * 10])
+    fit = fit_isoflop(flops, sizes, np.tile(loss, 2), accept_edge=True, group="ar")
+    assert all(o.at_edge for o in fit.optima)
+    assert len(fit.warnings) == 2 and "accepted" in fit.warnings[0]
+
+
+def test_one_budget_is_too_few_for_a_power_law():
+    n = np.logspace(7, 9, 5)
+    with pytest.raises(FitError, match=r"1 budget\(s\); a power law in C needs >= 2"):
+        fit_isoflop(np.full(5, 1e19), n, 2.5 + 0.07 * np.log(n / 1e8) ** 2)
+
+
+def test_runs_that_are_not_isoflop_groups_say_how_to_fix_it():
+    rng = np.random.default_rng(0)
+    with pytest.raises(FitError, match="not iso-FLOP groups.*--budget-tolerance"):
+        fit_isoflop(rng.uniform(1e18, 1e20, 30), rng.uniform(1e7, 1e9, 30), rng.uniform(2, 3, 30))
+
+
+# --- bootstrap --------------------------------------------------------------------------------
+
+
+def test_bootstrap_covers_the_planted_exponent_at_its_nominal_rate():
+    """100 synthetic draws x 200 resamples of approach 2 (7 sizes, 4 budgets, noise 0.01): the 95%
+    interval should hold a = 0.5 in ~95 draws. Binomial sd at n = 100 is 2.2 draws, so
+    [0.88, 0.995] is the +-3-sigma band (0.995: a 100% hit rate means intervals far too wide)."""
+    rng = np.random.default_rng(2024)
+    hits, widths = [], []
+    for _ in range(100):
+        flops, n, loss = make_parabola_runs(noise=0.01, rng=rng)
+        fit = fit_isoflop(flops, n, loss, accept_edge=True)
+        lo, hi = bootstrap_isoflop(fit, flops, n, loss, n_resamples=200, rng=rng).interval("a")
+        hits.append(lo <= TRUE_A <= hi)
+        widths.append(hi - lo)
+    coverage = np.mean(hits)
+    print(f"coverage {coverage:.2f}, mean 95% width {np.mean(widths):.4f}")
+    assert 0.88 <= coverage <= 0.995
+
+
+def test_bootstrap_gives_per_budget_intervals_around_the_vertex():
+    flops, n, loss = make_parabola_runs(noise=0.01, rng=5)
+    fit = fit_isoflop(flops, n, loss, accept_edge=True)
+    for method in ("residuals", "cases"):
+        boot = bootstrap_isoflop(fit, flops, n, loss, n_resamples=300, rng=0, method=method)
+        lo, hi = boot.interval("n_params_opt")
+        assert lo.shape == (4,)
+        assert np.all(lo <= [o.n_params for o in fit.optima]) and np.all([o.n_params for o in fit.optima] <= hi)
+
+
+def test_residual_bootstrap_needs_residuals():
+    n = np.logspace(7, 9, 3)
+    flops = np.repeat([1e19, 1e20], 3)
+    sizes = np.concatenate([n, n * 3])
+    loss = 2.5 + 0.07 * np.log(sizes / np.repeat([1e8, 3e8], 3)) ** 2
+    fit = fit_isoflop(flops, sizes, loss, group="ar")
+    with pytest.raises(FitError, match="exactly 3 sizes"):
+        bootstrap_isoflop(fit, flops, sizes, loss, n_resamples=10)
+
+
+# --- approach 1, multipliers, held-out ----------------------------------------------------------
+
+
+def test_envelope_keeps_only_improving_budgets():
+    flops = np.array([1e18, 1e18, 1e19, 1e19, 1e20, 1e20])
+    n = np.array([1e7, 2e7, 3e7, 4e7, 5e7, 6e7])
+    loss = np.array([3.0, 2.9, 2.95, 2.7, 2.8, 2.5])  # 1e19's best 2.7 < 2.9; 1e20's best 2.5
+    points = envelope_points(flops, n, flops / (6 * n), loss)
+    assert [p.n_params for p in points] == [2e7, 4e7, 6e7]
+    flops, n, loss = make_parabola_runs(noise=0.0, n_sizes=41, span_dex=0.2, rng=0)
+    fit = fit_envelope(flops, n, flops / (6 * n), loss)
+    assert fit.a == pytest.approx(TRUE_A, abs=0.01)  # sizes every 0.005 decades: quantisation only
+
+
+def test_multiplier_recovers_a_planted_compute_factor():
+    """Family X reaches family Y's loss with 1.5x its FLOPs at every loss: L*_X(C) = L*_Y(C/1.5)."""
+    budgets = np.logspace(18, 21, 4)
+    f_y, n_y, l_y = make_parabola_runs(budgets, noise=0.0, rng=0)
+    f_x, n_x, l_x = make_parabola_runs(budgets, noise=0.0, loss_coef=40.0 * 1.5**0.05, rng=0)
+    fit_y = fit_isoflop(f_y, n_y, l_y, group="ar")
+    fit_x = fit_isoflop(f_x, n_x, l_x, group="mdlm")
+    mult = compute_multiplier(fit_x, fit_y)
+    np.testing.assert_allclose(mult.ratio, 1.5, rtol=1e-9)
+    boot_x = bootstrap_isoflop(fit_x, f_x, n_x, l_x + np.random.default_rng(1).normal(0, 1e-3, l_x.size), n_resamples=50, rng=0)
+    boot_y = bootstrap_isoflop(fit_y, f_y, n_y, l_y + np.random.default_rng(2).normal(0, 1e-3, l_y.size), n_resamples=50, rng=0)
+    mult = compute_multiplier(fit_x, fit_y, boot=boot_x, reference_boot=boot_y)
+    assert np.all(mult.ratio_lo < mult.ratio) and np.all(mult.ratio < mult.ratio_hi)
+
+
+def test_multiplier_without_loss_overlap_raises():
+    f, n, l = make_parabola_runs(noise=0.0, rng=0)
+    low = fit_isoflop(f, n, l, group="ar")
+    high = fit_isoflop(f, n, l + 5.0, group="esolm")
+    with pytest.raises(FitError, match="no overlap"):
+        compute_multiplier(high, low)
+
+
+def test_held_out_check_predicts_an_exact_power_law():
+    flops, n, loss = make_parabola_runs(noise=0.0, rng=0)
+    check = check_held_out(flops, n, loss)
+    assert check.flops == 1e21 and check.n_budgets_fitted == 3
+    assert check.n_params_error == pytest.approx(0.0, abs=1e-9)
+    assert check.loss_error == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(FitError, match="needs >= 3"):
+        check_held_out(flops[flops < 1e20], n[flops < 1e20], loss[flops < 1e20])

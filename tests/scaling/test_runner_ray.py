@@ -1,0 +1,188 @@
+"""The sweep runner end to end against the real Ray and the real DeepSpeed: a normal sweep and its
+idempotent rerun, kill -9 of a worker, kill -9 of the driver, an injected exception, Ctrl-C. Each
+test gives Ray its own session folder and checks that no Ray process is left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SCALING = str(Path(sys.executable).parent / "scaling")
+
+
+def ray_processes(temp_dir: str) -> list[psutil.Process]:
+    """Processes of the Ray session in temp_dir (GCS, raylet, ...) and all their descendants
+    (workers, fork servers, training processes), whose command lines do not name the folder."""
+    found = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if temp_dir in " ".join(proc.info["cmdline"] or []):
+                found[proc.pid] = proc
+                for child in proc.children(recursive=True):
+                    found[child.pid] = child
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return list(found.values())
+
+
+def kill_all(procs) -> None:
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """Smoke sweep cut to one budget (6 runs), its own output and Ray session folders."""
+    raw = yaml.safe_load((REPO / "sweeps" / "smoke.yaml").read_text())
+    raw["budgets"] = [6e9]
+    raw["output_dir"] = str(tmp_path / "out")
+    path = tmp_path / "smoke1.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths are limited
+    yield path, tmp_path / "out" / "smoke", ray_tmp
+    leftovers = ray_processes(ray_tmp)
+    kill_all(leftovers)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert not leftovers, f"Ray processes left behind: {[p.pid for p in leftovers]}"
+
+
+def start(path, ray_tmp, env=None) -> subprocess.Popen:
+    return subprocess.Popen([SCALING, "run", str(path), "--no-progress", "--ray-temp-dir", ray_tmp],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+def finish(proc, timeout=600) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def results(root: Path) -> dict[str, dict]:
+    found = {}
+    for path in (root / "runs").glob("*/result.json"):
+        found[path.parent.name] = json.loads(path.read_text())  # also: no torn record
+    return found
+
+
+def wait_for(predicate, timeout=300, poll=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise TimeoutError("condition not met in time")
+
+
+def test_sweep_then_idempotent_rerun(sweep):
+    path, root, ray_tmp = sweep
+    code, out, err = finish(start(path, ray_tmp))
+    assert code == 0, err
+    done = results(root)
+    assert len(done) == 6
+    import pandas as pd
+
+    table = pd.read_parquet(root / "results.parquet")
+    assert len(table) == 6 and table["val_loss"].notna().all()
+    assert not ray_processes(ray_tmp)  # a normal exit leaves no Ray process
+    mtimes = {p: p.stat().st_mtime for p in root.glob("runs/*/result.json")}
+    began = time.monotonic()
+    code, out, err = finish(start(path, ray_tmp))
+    assert code == 0 and "all 6 runs already succeeded" in out
+    assert time.monotonic() - began < 60
+    assert mtimes == {p: p.stat().st_mtime for p in root.glob("runs/*/result.json")}
+
+
+def _running_run_with_checkpoint(root: Path):
+    for run_dir in (root / "runs").glob("*"):
+        ckpt = run_dir / "checkpoints"
+        pid_file = run_dir / "worker.pid"
+        if (ckpt.is_dir() and any(ckpt.iterdir()) and pid_file.exists()
+                and not (run_dir / "result.json").exists()):
+            return run_dir, int(pid_file.read_text())
+    return None
+
+
+def test_kill_worker_mid_run_is_retried_and_succeeds(sweep):
+    path, root, ray_tmp = sweep
+    proc = start(path, ray_tmp)
+    run_dir, pid = wait_for(lambda: _running_run_with_checkpoint(root))
+    os.kill(pid, signal.SIGKILL)
+    code, out, err = finish(proc)
+    assert code == 0, err
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "succeeded" and status["attempts"] == 2
+    record = json.loads((run_dir / "result.json").read_text())
+    assert record["resumed_from_step"] > 0  # the retry resumed from the checkpoint
+    assert len(results(root)) == 6
+
+
+def test_kill_driver_mid_sweep_then_rerun_completes(sweep):
+    path, root, ray_tmp = sweep
+    proc = start(path, ray_tmp)
+    wait_for(lambda: len(list(root.glob("runs/*/result.json"))) >= 2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    # A driver killed with -9 cannot stop its local Ray; Ray ends the dead job's workers, and with
+    # them (parent-death signal) the fork servers and their training processes.
+    trainers = lambda: [p for p in ray_processes(ray_tmp) if "forkserver" in " ".join(p.cmdline())]
+    wait_for(lambda: not trainers(), timeout=60)
+    kill_all(ray_processes(ray_tmp))
+    before = {p.parent.name: p.stat().st_mtime for p in root.glob("runs/*/result.json")}
+    assert len(before) >= 2
+    code, out, err = finish(start(path, ray_tmp))
+    assert code == 0, err
+    after = results(root)
+    assert len(after) == 6
+    for run_id, mtime in before.items():  # zero succeeded runs retrained
+        assert (root / "runs" / run_id / "result.json").stat().st_mtime == mtime
+    assert f"{6 - len(before)} trained, {len(before)} already done" in out
+    for run_dir in (root / "runs").glob("*"):
+        assert json.loads((run_dir / "status.json").read_text())["state"] == "succeeded"
+
+
+def test_injected_exception_fails_one_run_only(sweep):
+    path, root, ray_tmp = sweep
+    listing = subprocess.run([SCALING, "plan", str(path), "--format", "json"], capture_output=True,
+                             text=True, check=True)
+    victim = json.loads(listing.stdout)[2]["run_id"]
+    proc = start(path, ray_tmp, env={"SCALING_FAULT_INJECT": f"{victim}=injected failure for the test"})
+    code, out, err = finish(proc)
+    assert code == 1
+    assert f"failed: {victim}: RuntimeError: injected failure for the test" in err
+    assert "to retry" in err
+    status = json.loads((root / "runs" / victim / "status.json").read_text())
+    assert status["state"] == "failed" and "injected failure for the test" in status["error"]
+    assert "Traceback" in status["traceback"]
+    done = results(root)
+    assert len(done) == 5 and victim not in done
+
+
+def test_ctrl_c_stops_cleanly(sweep):
+    path, root, ray_tmp = sweep
+    proc = start(path, ray_tmp)
+    wait_for(lambda: len(list(root.glob("runs/*/result.json"))) >= 1)
+    proc.send_signal(signal.SIGINT)
+    code, out, err = finish(proc, timeout=120)
+    assert code == 130, err
+    assert "rerun `scaling run" in err
+    time.sleep(1)
+    assert not ray_processes(ray_tmp)
+    states = [json.loads(p.read_text())["state"] for p in root.glob("runs/*/status.json")]
+    assert "running" not in states and "interrupted" in states
