@@ -140,11 +140,12 @@ def _shade_ranges(ax, ranges: pd.DataFrame, colors, group: str) -> None:
     ax.set_xlim(left, right)
 
 
-def write_pareto_figure(table: pd.DataFrame, out_dir: Path, formats=FORMATS, name: str = "pareto") -> list[Path]:
+def write_pareto_figure(table: pd.DataFrame, out_dir: Path, formats=FORMATS, name: str = "pareto",
+                        group: str = "family") -> list[Path]:
     """pareto.png/.pdf/.svg in out_dir; returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig = plot_pareto(table)
+    fig = plot_pareto(table, group=group)
     paths = []
     for ext in formats:
         path = out_dir / f"{name}.{ext}"

@@ -51,8 +51,7 @@ def test_registry_builds_every_family(name):
     assert type(entry.load().build({}, vocab_size=V, mask_token_id=MASK)) is type(family)  # dicts too
     with pytest.raises(Exception, match="extra|not permitted"):
         build_family(name, {"no_such_option": 1}, vocab_size=V, mask_token_id=MASK)
-    with pytest.raises(NotImplementedError, match="Pareto"):
-        family.sample(None, 2, L, 4, torch.Generator())
+    assert callable(family.sample)  # samplers: tests/trainers/test_samplers.py
 
 
 def test_bad_options_fail_at_build():

@@ -20,8 +20,6 @@ from trainers.families import build_family
 from trainers.families.registry import FAMILIES, get_entry
 from trainers.tokenizer import train_bpe
 
-torch.set_num_threads(1)
-
 
 def test_frontier_and_dominance_on_a_hand_made_table():
     rows = [("A", 10, 20), ("A", 50, 30), ("B", 30, 25), ("B", 100, 40), ("B", 200, 60),

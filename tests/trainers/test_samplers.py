@@ -17,10 +17,8 @@ from trainers.samplers.duo import duo_posterior
 V, MASK, BOS, L = 40, 1, 0, 12
 NAMES = list(FAMILIES)
 
-torch.set_num_threads(1)
 
-
-def random_model(name: str, seed: int = 0) -> nn.Module:
+def perturbed_model(name: str, seed: int = 0) -> nn.Module:
     """A tiny backbone whose zero-initialised adaLN and head are perturbed (a fresh one predicts
     uniformly), in float64 so cache on/off comparisons cannot flip on a rounding tie."""
     torch.manual_seed(seed)
@@ -41,7 +39,7 @@ def draw(name, model, seed, n_steps=6, **kwargs):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_shape_seed_and_no_mask(name):
-    model = random_model(name)
+    model = perturbed_model(name)
     for use_cache in cache_modes(name):
         x = draw(name, model, 1, use_cache=use_cache)
         assert x.shape == (3, L) and x.dtype == torch.long
@@ -54,7 +52,7 @@ def test_shape_seed_and_no_mask(name):
 
 @pytest.mark.parametrize("name", ["ar", "mdlm", "esolm"])
 def test_cache_on_equals_cache_off(name):
-    model = random_model(name, seed=3)
+    model = perturbed_model(name, seed=3)
     for kwargs in ({}, {"bos_token_id": BOS, "top_p": 0.8}):
         on = draw(name, model, 5, n_steps=5, use_cache=True, **kwargs)
         off = draw(name, model, 5, n_steps=5, use_cache=False, **kwargs)
@@ -62,7 +60,7 @@ def test_cache_on_equals_cache_off(name):
 
 
 def test_esolm_cache_on_equals_off_with_a_left_to_right_phase():
-    model = random_model("esolm", seed=4)
+    model = perturbed_model("esolm", seed=4)
     on = draw("esolm", model, 7, n_steps=3, use_cache=True, alpha_0=0.5)
     off = draw("esolm", model, 7, n_steps=3, use_cache=False, alpha_0=0.5)
     assert torch.equal(on, off) and not (on == MASK).any()
@@ -71,7 +69,7 @@ def test_esolm_cache_on_equals_off_with_a_left_to_right_phase():
 def test_esolm_cached_query_is_the_training_forward():
     """Logits of the [MASK] queries through the cache, call after call, equal the full forward under
     the clean-first permutation the Eso-LM loss uses."""
-    model = random_model("esolm", seed=5)
+    model = perturbed_model("esolm", seed=5)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(2, V, (3, L), generator=g)
     order = torch.stack([torch.randperm(L, generator=g) for _ in range(3)])
@@ -132,7 +130,7 @@ def test_duo_posterior_is_bayes_rule_for_a_clean_x0():
 
 
 def test_duo_final_step_options():
-    model = random_model("duo")
+    model = perturbed_model("duo")
     greedy = draw("duo", model, 1, final_step="greedy")
     assert not (greedy == MASK).any()
     with pytest.raises(ValueError, match="final_step"):

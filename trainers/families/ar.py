@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from trainers.backbone import forbid_token
 from trainers.families.base import Family
 from trainers.families.registry import AROptions, get_entry
+from trainers.samplers import ar as sampler
 
 ENTRY = get_entry("ar")
 
@@ -37,7 +38,10 @@ class ARFamily(Family):
         return self.token_nats(model, tokens).sum(1), tokens.shape[1] - 1
 
     def sample(self, model, n_samples, seq_len, n_steps, generator, **kwargs):
-        raise NotImplementedError("samplers land with the Pareto issue")
+        """trainers/samplers/ar.py; kwargs: use_cache (default True), top_p, bos_token_id."""
+        with torch.no_grad():
+            return sampler.sample(model, n_samples, seq_len, n_steps, generator,
+                                  mask_token_id=self.mask_token_id, vocab_size=self.vocab_size, **kwargs)
 
 
 def build(options, *, vocab_size: int, mask_token_id: int) -> ARFamily:

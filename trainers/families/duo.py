@@ -23,6 +23,7 @@ from trainers import noise
 from trainers.backbone import forbid_token
 from trainers.families.base import Family
 from trainers.families.registry import DuoOptions, get_entry
+from trainers.samplers import duo as sampler
 
 ENTRY = get_entry("duo")
 
@@ -96,7 +97,11 @@ class DuoFamily(Family):
         return self.token_nelbo(model, tokens, t, generator).sum(1), tokens.shape[1]
 
     def sample(self, model, n_samples, seq_len, n_steps, generator, **kwargs):
-        raise NotImplementedError("samplers land with the Pareto issue")
+        """trainers/samplers/duo.py; kwargs: final_step 'ancestral'|'greedy', top_p,
+        bos_token_id (use_cache is accepted and changes nothing)."""
+        with torch.no_grad():
+            return sampler.sample(model, n_samples, seq_len, n_steps, generator,
+                                  mask_token_id=self.mask_token_id, vocab_size=self.vocab_size, **kwargs)
 
 
 def build(options, *, vocab_size: int, mask_token_id: int) -> DuoFamily:

@@ -32,6 +32,7 @@ from trainers import noise
 from trainers.families.base import Family
 from trainers.families.mdlm import mask_tokens, masked_cross_entropy
 from trainers.families.registry import EsoLMOptions, get_entry
+from trainers.samplers import esolm as sampler
 
 ENTRY = get_entry("esolm")
 
@@ -105,7 +106,12 @@ class EsoLMFamily(Family):
         return self._nats(model, tokens, t, generator, weighted=True), tokens.shape[1]
 
     def sample(self, model, n_samples, seq_len, n_steps, generator, **kwargs):
-        raise NotImplementedError("samplers land with the Pareto issue")
+        """trainers/samplers/esolm.py; kwargs: use_cache (default True), top_p, bos_token_id,
+        alpha_0 (default: the family's)."""
+        kwargs.setdefault("alpha_0", self.alpha_0)
+        with torch.no_grad():
+            return sampler.sample(model, n_samples, seq_len, n_steps, generator,
+                                  mask_token_id=self.mask_token_id, vocab_size=self.vocab_size, **kwargs)
 
 
 def build(options, *, vocab_size: int, mask_token_id: int) -> EsoLMFamily:

@@ -24,6 +24,7 @@ from trainers import noise
 from trainers.backbone import forbid_token
 from trainers.families.base import Family
 from trainers.families.registry import MDLMOptions, get_entry
+from trainers.samplers import mdlm as sampler
 
 ENTRY = get_entry("mdlm")
 
@@ -69,7 +70,11 @@ class MDLMFamily(Family):
         return nats, tokens.shape[1]
 
     def sample(self, model, n_samples, seq_len, n_steps, generator, **kwargs):
-        raise NotImplementedError("samplers land with the Pareto issue")
+        """trainers/samplers/mdlm.py; kwargs: use_cache (reuse the last prediction when no token
+        changed; default True), top_p, bos_token_id."""
+        with torch.no_grad():
+            return sampler.sample(model, n_samples, seq_len, n_steps, generator,
+                                  mask_token_id=self.mask_token_id, vocab_size=self.vocab_size, **kwargs)
 
 
 def build(options, *, vocab_size: int, mask_token_id: int) -> MDLMFamily:
