@@ -60,11 +60,26 @@ def save_checkpoint(engine, root: Path, step: int, client_state: dict[str, Any],
             shutil.rmtree(root / old, ignore_errors=True)
 
 
+def _check_world_size(engine, tag_dir: Path) -> None:
+    """ZeRO 1-2 optimizer shards cannot be loaded by a different number of data-parallel ranks
+    (DeepSpeed refuses); say so in one line instead of failing every retry."""
+    shards = list(tag_dir.glob("*zero_pp_rank_*_optim_states.pt"))
+    world = getattr(engine, "dp_world_size", 1)
+    if shards and len(shards) != world:
+        from scaling.errors import UserError
+
+        raise UserError(
+            f"checkpoint {tag_dir} was written by {len(shards)} data-parallel ranks under ZeRO, "
+            f"this run has {world}; set resources.workers back to {len(shards)}, or delete "
+            f"{tag_dir.parent} to restart the run")
+
+
 def load_checkpoint(engine, root: Path) -> dict[str, Any] | None:
     """Restore model and optimizer from the newest checkpoint; its client state, or None if none."""
     info = latest_checkpoint(root)
     if info is None:
         return None
+    _check_world_size(engine, root / info["tag"])
     path, client_state = engine.load_checkpoint(str(root), tag=info["tag"], load_optimizer_states=True,
                                                 load_lr_scheduler_states=False)
     if path is None:
