@@ -35,10 +35,14 @@ test-slow: install
 test-all: install
 	$(BIN)/python -m pytest -m "not gpu" -q
 
+# The fits may report budgets whose iso-FLOP curve has no trustworthy minimum (error lines, exit 1):
+# that is a finding about the runs, not a failure of the demo, so make carries on to the figures.
 demo: install
 	$(BIN)/scaling run sweeps/demo.yaml
-	$(BIN)/scaling fit outputs/demo
-	$(BIN)/scaling plot outputs/demo
+	-$(BIN)/scaling fit outputs/demo
+	-$(BIN)/scaling plot outputs/demo
+	@echo "results: outputs/demo/results.parquet  fits: outputs/demo/fits/  figures: outputs/demo/figures/"
+	@echo "next: $(BIN)/scaling pareto sweeps/demo.yaml   (samplers' speed/quality frontier, ~1 min)"
 
 plan: install
 	$(BIN)/scaling plan sweeps/paper.yaml

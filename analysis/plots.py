@@ -73,6 +73,23 @@ def _compute_grid(groups, pad=1.3):
     return np.geomspace(flops.min() / pad, flops.max() * pad, 100)
 
 
+def _budget_optima(g: GroupResult) -> list:
+    """When the group's iso-FLOP law failed, the budgets whose own parabola can be trusted: drawn so
+    the figure shows which curves have a real minimum. Budgets that raise FitError are left bare."""
+    from analysis.errors import FitError
+    from analysis.isoflop import fit_budget
+
+    optima = []
+    for c in np.unique(g.points["budget"].dropna()):
+        rows = g.points[g.points["budget"] == c]
+        try:
+            optima.append(fit_budget(float(c), rows["n_params"].to_numpy(float),
+                                     rows["loss"].to_numpy(float), group=g.label))
+        except FitError:
+            continue
+    return optima
+
+
 def plot_isoflop_curves(groups: list[GroupResult]) -> Figure:
     n_cols = min(MAX_COLUMNS, len(groups))
     n_rows = -(-len(groups) // n_cols)
@@ -86,12 +103,15 @@ def plot_isoflop_curves(groups: list[GroupResult]) -> Figure:
         for c in np.unique(g.points["budget"].dropna()):
             rows = g.points[g.points["budget"] == c]
             ax.plot(rows["n_params"], rows["loss"], "o", color=cmap(norm(c)), alpha=0.8, label=f"{c:.1e}")
-        for o in g.isoflop.optima if g.isoflop else ():
+        optima = g.isoflop.optima if g.isoflop else _budget_optima(g)
+        for o in optima:
             n_grid = np.geomspace(o.n_params_min / 1.5, o.n_params_max * 1.5, 80)
             ax.plot(n_grid, o.parabola.loss_at(n_grid), "-", color=cmap(norm(o.flops)))
             face = "none" if o.at_edge else "white"
             ax.plot([o.n_params], [o.loss], "*", ms=8, mec="black", mfc=face, mew=0.8, zorder=5)
-        ax.set(xscale="log", xlabel=LABEL_N, ylabel=LABEL_LOSS, title=g.label if g.isoflop else f"{g.label} (no fit)")
+        n_budgets = g.points["budget"].nunique()
+        title = g.label if g.isoflop else f"{g.label} ({len(optima)}/{n_budgets} budgets fit, no power law)"
+        ax.set(xscale="log", xlabel=LABEL_N, ylabel=LABEL_LOSS, title=title)
     for ax in axes[len(groups):]:
         ax.set_visible(False)
     axes[0].legend(title="C (FLOPs)", loc="upper right", frameon=False)
