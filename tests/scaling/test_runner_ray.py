@@ -37,6 +37,25 @@ def ray_processes(temp_dir: str) -> list[psutil.Process]:
     return list(found.values())
 
 
+def alive(procs) -> list[psutil.Process]:
+    found = []
+    for proc in procs:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def is_fork_server(proc) -> bool:
+    """A slot's fork server or a training process forked from it."""
+    try:
+        return "scaling.forkserver" in " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+
+
 def kill_all(procs) -> None:
     for proc in procs:
         try:
@@ -137,13 +156,13 @@ def test_kill_driver_mid_sweep_then_rerun_completes(sweep):
     path, root, ray_tmp = sweep
     proc = start(path, ray_tmp)
     wait_for(lambda: len(list(root.glob("runs/*/result.json"))) >= 2)
+    tree = ray_processes(ray_tmp)  # while the tree is whole: workers, fork servers, trainings
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
     # A driver killed with -9 cannot stop its local Ray; Ray ends the dead job's workers, and with
     # them (parent-death signal) the fork servers and their training processes.
-    trainers = lambda: [p for p in ray_processes(ray_tmp) if "forkserver" in " ".join(p.cmdline())]
-    wait_for(lambda: not trainers(), timeout=60)
-    kill_all(ray_processes(ray_tmp))
+    wait_for(lambda: not [p for p in alive(tree) if is_fork_server(p)], timeout=60)
+    kill_all(alive(tree) + ray_processes(ray_tmp))
     before = {p.parent.name: p.stat().st_mtime for p in root.glob("runs/*/result.json")}
     assert len(before) >= 2
     code, out, err = finish(start(path, ray_tmp))
