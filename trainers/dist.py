@@ -29,9 +29,12 @@ class ProcessInfo:
 
 
 def find_free_port() -> int:
-    """A TCP port free on loopback now (the OS picks it; a tiny race with other processes remains)."""
+    """A TCP port free on every interface now (the OS picks it; a tiny race with other processes
+    remains)."""
+    # Bind on every interface, as torch's TCPStore will: a port free on loopback alone can be
+    # taken on the host's address (seen on a Ray node whose Ray Train store held it: EADDRINUSE).
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("", 0))
         return sock.getsockname()[1]
 
 
