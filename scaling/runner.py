@@ -110,6 +110,7 @@ def run_sweep(specs: list[RunSpec], store: RunStore, executor: Executor,
     flops_done = sum(s.achieved_flops for s in specs if s.run_id in set(outcome.skipped))
     attempts = {s.run_id: 0 for s in todo}
     inflight: dict[object, RunSpec] = {}
+    active: dict[str, RunSpec] = {}  # marked running and not yet settled (a superset of inflight)
     pending = list(todo)
 
     def report(event: str | None = None) -> None:
@@ -126,6 +127,7 @@ def run_sweep(specs: list[RunSpec], store: RunStore, executor: Executor,
             while pending and len(inflight) < executor.capacity(pending[0]):
                 spec = pending.pop(0)
                 attempts[spec.run_id] += 1
+                active[spec.run_id] = spec
                 store.write_spec(spec)
                 prior = store.read_status(spec.run_id).get("attempts", 0)
                 store.write_status(spec.run_id, "running", attempts=int(prior) + 1,
@@ -135,6 +137,7 @@ def run_sweep(specs: list[RunSpec], store: RunStore, executor: Executor,
                 spec = inflight.pop(handle)
                 if result.ok and store.read_result(spec.run_id) is not None:
                     store.write_status(spec.run_id, "succeeded", finished_at=time.time())
+                    active.pop(spec.run_id, None)
                     outcome.succeeded.append(spec.run_id)
                     outcome.failed.pop(spec.run_id, None)
                     flops_done += spec.achieved_flops
@@ -143,6 +146,7 @@ def run_sweep(specs: list[RunSpec], store: RunStore, executor: Executor,
                 error = result.error or "the run ended without writing result.json"
                 store.write_status(spec.run_id, "failed", error=error, traceback=result.traceback,
                                    worker_died=result.worker_died, finished_at=time.time())
+                active.pop(spec.run_id, None)
                 if attempts[spec.run_id] <= spec.max_retries:
                     pending.insert(0, spec)  # retry next, resuming from its checkpoint if any
                     report(f"retry {spec.run_id} ({error})")
@@ -152,8 +156,10 @@ def run_sweep(specs: list[RunSpec], store: RunStore, executor: Executor,
     except KeyboardInterrupt:
         outcome.interrupted = True
         executor.cancel(list(inflight))
-        for spec in inflight.values():
-            store.write_status(spec.run_id, "interrupted", error="interrupted by the user")
+        for spec in active.values():  # also a run caught between its status write and dispatch
+            done = store.read_result(spec.run_id) is not None
+            store.write_status(spec.run_id, "succeeded" if done else "interrupted",
+                               **({} if done else {"error": "interrupted by the user"}))
         raise
     finally:
         store.rebuild_results(specs)
