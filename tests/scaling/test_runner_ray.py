@@ -203,5 +203,9 @@ def test_ctrl_c_stops_cleanly(sweep):
     assert "rerun `scaling run" in err
     time.sleep(1)
     assert not ray_processes(ray_tmp)
-    states = [json.loads(p.read_text())["state"] for p in root.glob("runs/*/status.json")]
-    assert "running" not in states and "interrupted" in states
+    # Every run the driver started is settled: succeeded exactly when its record exists, else
+    # interrupted (which runs were still in flight at the signal depends on timing).
+    for status_path in root.glob("runs/*/status.json"):
+        state = json.loads(status_path.read_text())["state"]
+        has_result = (status_path.parent / "result.json").exists()
+        assert state == ("succeeded" if has_result else "interrupted"), (status_path, state)
