@@ -33,6 +33,8 @@ import psutil
 import pytest
 import yaml
 
+from tests.scaling.raysession import kill_all, ray_processes
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 NODE_CPUS = 2
@@ -47,30 +49,6 @@ LOSS_ABS_TOL = 1e-5
 
 
 # ---------------------------------------------------------------- processes of one Ray session
-
-
-def ray_processes(temp_dir: str) -> list[psutil.Process]:
-    """Processes whose command line names the session folder (GCS, raylets, agents) and all their
-    descendants (workers, Ray Train actors, fork servers), as in test_runner_ray.py."""
-    found = {}
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if temp_dir in " ".join(proc.info["cmdline"] or []):
-                found[proc.pid] = proc
-                for child in proc.children(recursive=True):
-                    found[child.pid] = child
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return list(found.values())
-
-
-def kill_all(procs) -> None:
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=10)
 
 
 def _name(proc: psutil.Process) -> str:

@@ -18,23 +18,10 @@ import psutil
 import pytest
 import yaml
 
+from tests.scaling.raysession import kill_all, ray_processes
+
 REPO = Path(__file__).resolve().parents[2]
 SCALING = str(Path(sys.executable).parent / "scaling")
-
-
-def ray_processes(temp_dir: str) -> list[psutil.Process]:
-    """Processes of the Ray session in temp_dir (GCS, raylet, ...) and all their descendants
-    (workers, fork servers, training processes), whose command lines do not name the folder."""
-    found = {}
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if temp_dir in " ".join(proc.info["cmdline"] or []):
-                found[proc.pid] = proc
-                for child in proc.children(recursive=True):
-                    found[child.pid] = child
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return list(found.values())
 
 
 def alive(procs) -> list[psutil.Process]:
@@ -54,15 +41,6 @@ def is_fork_server(proc) -> bool:
         return "scaling.forkserver" in " ".join(proc.cmdline())
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return False
-
-
-def kill_all(procs) -> None:
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=10)
 
 
 @pytest.fixture
