@@ -203,9 +203,12 @@ class DiTFinalLayer(nn.Module):
         self.linear = nn.Linear(d_model, vocab_size)
         self.linear.zero_init = True
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=2)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        h = modulate(self.norm_final(x), shift, scale)
+        # Position-wise from here on: the head (d x K, the largest matmul and the log-softmax
+        # behind it at small d) runs only on the rows a loss scores.
+        return self.linear(h if rows is None else h[rows])
 
 
 class DiTModel(PreTrainedModel):
@@ -292,8 +295,10 @@ class DiTModel(PreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         cache_commit: int | None = None,
+        output_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits [B, L, K] (in the parameters' dtype) for input_ids [B, L].
+        """Logits [B, L, K] (in the parameters' dtype) for input_ids [B, L]; with output_rows
+        (BoolTensor[B, L], in the original order) only those positions' logits, [n_rows, K].
 
         sigma: FloatTensor[B] noise level -log(alpha_t) (None = zeros). permutation: see the module
         docstring (permuted_causal only). attention: overrides config.attention for this call.
@@ -336,7 +341,7 @@ class DiTModel(PreTrainedModel):
         if permutation is not None:  # back to the original order; the output layer is position-wise
             inverse = torch.argsort(permutation, dim=1)
             x = x.gather(1, inverse[..., None].expand(-1, -1, x.shape[-1]))
-        return self.output_layer(x, c)
+        return self.output_layer(x, c, output_rows)
 
 
 def build_model(n_layers: int, d_model: int, n_heads: int, vocab_size: int,

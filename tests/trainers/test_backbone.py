@@ -158,3 +158,18 @@ def test_save_load_round_trip(tmp_path, random_model):
     perm = torch.stack([torch.randperm(6) for _ in range(2)])
     torch.testing.assert_close(loaded(input_ids=x, sigma=sigma, permutation=perm),
                                model(input_ids=x, sigma=sigma, permutation=perm), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("attention", ["bidirectional", "permuted_causal"])
+def test_output_rows_are_the_full_logits_at_those_rows(random_model, attention):
+    """The head on selected positions only (what SUBS losses ask for) changes no number."""
+    model = random_model(attention)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 23, (3, 9), generator=g)
+    rows = torch.rand(3, 9, generator=g) < 0.5
+    perm = torch.stack([torch.randperm(9, generator=g) for _ in range(3)]) \
+        if attention == "permuted_causal" else None
+    sigma = torch.rand(3, generator=g)
+    some = model(input_ids=x, sigma=sigma, permutation=perm, output_rows=rows)
+    assert some.shape == (int(rows.sum()), 24)
+    torch.testing.assert_close(some, model(input_ids=x, sigma=sigma, permutation=perm)[rows])

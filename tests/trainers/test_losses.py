@@ -68,10 +68,11 @@ class Planted(nn.Module):
         self.fn = fn
         self.anchor = nn.Parameter(torch.zeros(()))  # so evaluate() can find a device
 
-    def forward(self, input_ids, sigma=None, permutation=None, **kwargs):
+    def forward(self, input_ids, sigma=None, permutation=None, output_rows=None, **kwargs):
         if sigma is None:
             sigma = torch.zeros(input_ids.shape[0])
-        return self.fn(input_ids, sigma)
+        logits = self.fn(input_ids, sigma)
+        return logits if output_rows is None else logits[output_rows]
 
 
 # -- the noise schedule and time sampling -----------------------------------------------------------
@@ -154,8 +155,9 @@ class TableModel(nn.Module):
         self.table = nn.Parameter(torch.zeros(V ** L, L, V))
         self.register_buffer("radix", V ** torch.arange(L))
 
-    def forward(self, input_ids, sigma=None, permutation=None, **kwargs):
-        return self.table[(input_ids * self.radix).sum(-1)]
+    def forward(self, input_ids, sigma=None, permutation=None, output_rows=None, **kwargs):
+        logits = self.table[(input_ids * self.radix).sum(-1)]
+        return logits if output_rows is None else logits[output_rows]
 
 
 def mask_pattern_weights(L: int, weighted: bool, ideal: bool = False) -> torch.Tensor:

@@ -6,6 +6,10 @@ loss can be tested on its own with a planted model.
 
 Shapes: tokens is LongTensor[B, L] of clean token ids; t is FloatTensor[B] of diffusion times in
 (0, 1] (stratified over the global batch by trainers/noise.py; AR ignores it).
+
+A model is called with keywords like the backbone (trainers/backbone.py DiTModel.forward): logits
+[B, L, K], or [n, K] for the n positions of `output_rows` (BoolTensor[B, L]) when a loss scores
+only some positions. Stand-in models in tests honour the same keywords.
 """
 
 from __future__ import annotations

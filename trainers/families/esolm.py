@@ -30,7 +30,7 @@ import torch
 
 from trainers import noise
 from trainers.families.base import Family
-from trainers.families.mdlm import mask_tokens, masked_cross_entropy
+from trainers.families.mdlm import mask_tokens, scored_cross_entropy
 from trainers.families.registry import EsoLMOptions, get_entry
 from trainers.samplers import esolm as sampler
 
@@ -72,8 +72,8 @@ class EsoLMFamily(Family):
         """Unweighted -log p(x^l | x_t) at masked positions under a clean-first causal order, [B, L]."""
         x_t, masked = mask_tokens(tokens, noise.alpha(t, self.alpha_0), self.mask_token_id, generator)
         permutation = clean_first_permutation(masked, generator)
-        logits = model(input_ids=x_t, sigma=None, permutation=permutation)
-        return masked_cross_entropy(logits, tokens, masked, self.mask_token_id)
+        return scored_cross_entropy(model, tokens, masked, self.mask_token_id, input_ids=x_t, sigma=None,
+                                    permutation=permutation)
 
     def sequential_nats(self, model, tokens: torch.Tensor,
                         generator: torch.Generator | None = None) -> torch.Tensor:
@@ -84,11 +84,13 @@ class EsoLMFamily(Family):
         z_0, masked = mask_tokens(tokens, alpha_0, self.mask_token_id, generator)
         permutation = clean_first_permutation(masked, generator, masked_in_order=True)
         x_sorted = tokens.gather(1, permutation)
-        logits = model(input_ids=torch.cat([z_0.gather(1, permutation), x_sorted], dim=1), sigma=None,
-                       position_ids=torch.cat([permutation, permutation], dim=1),
-                       attention_mask=sequential_attention_mask(L, tokens.device))
-        return masked_cross_entropy(logits[:, :L], x_sorted, masked.gather(1, permutation),
-                                    self.mask_token_id)
+        scored = masked.gather(1, permutation)  # only z_0's masked slots (the first L) are scored
+        nats = scored_cross_entropy(
+            model, torch.cat([x_sorted, x_sorted], dim=1), torch.cat([scored, torch.zeros_like(scored)], 1),
+            self.mask_token_id, input_ids=torch.cat([z_0.gather(1, permutation), x_sorted], dim=1),
+            sigma=None, position_ids=torch.cat([permutation, permutation], dim=1),
+            attention_mask=sequential_attention_mask(L, tokens.device))
+        return nats[:, :L]
 
     def _nats(self, model, tokens, t, generator, weighted: bool) -> torch.Tensor:
         t = t.to(tokens.device)

@@ -45,6 +45,16 @@ def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, scored: to
     return torch.where(scored, nats.view_as(targets), 0.0)
 
 
+def scored_cross_entropy(model, targets: torch.Tensor, scored: torch.Tensor, mask_token_id: int,
+                         **model_inputs) -> torch.Tensor:
+    """masked_cross_entropy with the model's head run only at the scored positions (`output_rows`):
+    clean positions cost nothing under SUBS, and about half the tokens are clean on average, so
+    the head matmul and the log-softmax shrink by half. Same numbers, FloatTensor[B, L]."""
+    logits = model(**model_inputs, output_rows=scored)  # [n_scored, K]
+    nats = F.cross_entropy(forbid_token(logits, mask_token_id), targets[scored], reduction="none")
+    return torch.zeros(targets.shape, dtype=nats.dtype, device=nats.device).masked_scatter(scored, nats)
+
+
 class MDLMFamily(Family):
     name = ENTRY.name
     attention = ENTRY.attention
@@ -54,8 +64,7 @@ class MDLMFamily(Family):
                     generator: torch.Generator | None = None) -> torch.Tensor:
         """Unweighted -log p(x^l | x_t) at the masked positions, FloatTensor[B, L]."""
         x_t, masked = mask_tokens(tokens, noise.alpha(t), self.mask_token_id, generator)
-        logits = model(input_ids=x_t, sigma=None)
-        return masked_cross_entropy(logits, tokens, masked, self.mask_token_id)
+        return scored_cross_entropy(model, tokens, masked, self.mask_token_id, input_ids=x_t, sigma=None)
 
     def training_loss(self, model, tokens, t, generator=None):
         t = t.to(tokens.device)
