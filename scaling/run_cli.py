@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -92,6 +93,7 @@ def _run_on_ray(args, sweep, specs, store):
                            temp_dir=args.ray_temp_dir, cache_root=_cache_root(sweep),
                            max_concurrent=args.max_concurrent)
     progress = SweepProgress(sweep.name, live=False if args.no_progress else None)
+    previous = _sigterm_as_interrupt()
     try:
         return run_sweep(specs, store, executor, progress=progress)
     except KeyboardInterrupt:
@@ -100,6 +102,19 @@ def _run_on_ray(args, sweep, specs, store):
     finally:
         progress.close()
         executor.close()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM (`kill`, a batch scheduler stopping the job) ends the sweep as Ctrl-C does: active
+    runs are marked interrupted, Ray is shut down, nothing is left running. Installed after
+    ray.init, whose own handler aborted the driver and left Ray's agents and stale `running`
+    records behind. Returns the handler it replaced."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def run_status(args: argparse.Namespace) -> int:

@@ -171,11 +171,14 @@ def test_injected_exception_fails_one_run_only(sweep):
     assert len(done) == 5 and victim not in done
 
 
-def test_ctrl_c_stops_cleanly(sweep):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_cleanly(sweep, signum):
+    """Ctrl-C, and SIGTERM as a batch scheduler or `kill` sends it (Ray's own SIGTERM handler
+    aborted the driver, leaving its agents running and `running` records behind)."""
     path, root, ray_tmp = sweep
     proc = start(path, ray_tmp)
     wait_for(lambda: len(list(root.glob("runs/*/result.json"))) >= 1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     code, out, err = finish(proc, timeout=120)
     assert code == 130, err
     assert "rerun `scaling run" in err
