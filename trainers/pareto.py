@@ -37,7 +37,8 @@ from trainers.tokenizer import load_tokenizer, pretrained_fingerprint
 MODEL_DIR = "model"  # trainers/train.py: run_dir/model holds the weights and the tokenizer
 JUDGE_BATCH = 16  # sequences per judge forward
 COLUMNS = ("family", "family_name", "run_id", "n_steps", "use_cache", "tokens_per_second", "gen_ppl",
-           "entropy_mean", "entropy_min", "n_samples", "seq_len", "seconds", "n_model_calls", "judge")
+           "gen_ppl_log_se", "entropy_mean", "entropy_min", "n_samples", "seq_len", "seconds",
+           "n_model_calls", "judge")
 
 
 @dataclass
@@ -111,7 +112,13 @@ class Judge:
 
     def token_nats(self, rows: list[list[int]]) -> tuple[float, int]:
         """(sum of -log p(x_i | x_<i) over i >= 1 of every row, number of scored tokens)."""
-        total, count = 0.0, 0
+        nats, counts = self.row_nats(rows)
+        return float(sum(nats)), int(sum(counts))
+
+    def row_nats(self, rows: list[list[int]]) -> tuple[list[float], list[int]]:
+        """Per row (rows shorter than 2 tokens left out): summed -log p(x_i | x_<i) over i >= 1,
+        and the number of tokens scored."""
+        nats_per_row, counts = [], []
         rows = [r[:self.max_length] if self.max_length else r for r in rows if len(r) >= 2]
         for start in range(0, len(rows), JUDGE_BATCH):
             batch = rows[start:start + JUDGE_BATCH]
@@ -124,9 +131,9 @@ class Judge:
             log_p = torch.log_softmax(self.logits(ids[:, :-1], valid[:, :-1].long()), dim=-1)
             nats = -log_p.gather(-1, ids[:, 1:, None]).squeeze(-1)
             scored = valid[:, 1:]
-            total += float(nats[scored].double().sum())
-            count += int(scored.sum())
-        return total, count
+            nats_per_row += torch.where(scored, nats, 0.0).double().sum(1).tolist()
+            counts += scored.sum(1).tolist()
+        return nats_per_row, counts
 
 
 def load_dit_judge(run_dir: Path, name: str, device) -> Judge:
@@ -161,16 +168,26 @@ def load_judge(path: str | Path, device) -> Judge:
     return Judge(str(path), "hf", model, tokenizer, None, max_length, device)
 
 
-def generative_perplexity(judge: Judge, samples: torch.Tensor, run: LoadedRun) -> float:
-    """exp(total NLL / scored tokens) of the samples under the judge (token-weighted)."""
+def generative_perplexity(judge: Judge, samples: torch.Tensor, run: LoadedRun) -> tuple[float, float]:
+    """(gen-PPL, standard error of its log) of the samples under the judge.
+
+    gen-PPL = exp(total NLL / scored tokens), token-weighted. Its log is a ratio of per-sample sums,
+    so the standard error is the ratio estimator's, sqrt(sum_i (y_i - R n_i)^2 / (S (S - 1))) / n_bar
+    over S samples with y_i nats on n_i tokens: what tells a trend over step counts from noise."""
     if judge.kind == "dit" and judge.tokenizer_fingerprint == run.tokenizer_fingerprint:
         rows = samples.tolist()  # same tokenizer: score the sampled ids themselves
     else:
         texts = run.tokenizer.batch_decode(samples.tolist(), skip_special_tokens=True)
         rows = [judge.tokenizer(text)["input_ids"] for text in texts]
     with torch.no_grad():
-        nats, n_tokens = judge.token_nats(rows)
-    return float(torch.tensor(nats / n_tokens).exp()) if n_tokens else float("nan")
+        nats, counts = judge.row_nats(rows)
+    y, n = torch.tensor(nats, dtype=torch.float64), torch.tensor(counts, dtype=torch.float64)
+    if n.sum() == 0:
+        return float("nan"), float("nan")
+    ratio = y.sum() / n.sum()
+    se = float("nan") if len(y) < 2 else float(
+        ((y - ratio * n).pow(2).sum() / (len(y) * (len(y) - 1))).sqrt() / n.mean())
+    return float(ratio.exp()), se
 
 
 # -- speed ---------------------------------------------------------------------------------------
@@ -214,9 +231,10 @@ def measure_run(run: LoadedRun, judge: Judge, steps: list[int], *, n_samples: in
             if (samples == run.family.mask_token_id).any():
                 raise RuntimeError(f"{name} sampler left [MASK] in its output")  # a sampler bug
             entropy = unigram_entropy(samples[:, 1:].cpu())
+            gen_ppl, gen_ppl_log_se = generative_perplexity(judge, samples, run)
             row = {"family": run.label, "family_name": name, "run_id": run.run_id, "n_steps": n_steps,
                    "use_cache": use_cache, "tokens_per_second": n_samples * (seq_len - 1) / seconds,
-                   "gen_ppl": generative_perplexity(judge, samples, run),
+                   "gen_ppl": gen_ppl, "gen_ppl_log_se": gen_ppl_log_se,
                    "entropy_mean": float(entropy.mean()), "entropy_min": float(entropy.min()),
                    "n_samples": n_samples, "seq_len": seq_len, "seconds": seconds,
                    "n_model_calls": n_calls, "judge": judge.name}

@@ -128,7 +128,7 @@ def run_pareto(args: argparse.Namespace) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from analysis.pareto_frontier import dominance_ranges, write_pareto_figure
+    from analysis.pareto_frontier import dominance_ranges, step_trends, write_pareto_figure
     from trainers import pareto
 
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per checkpoint buries the table
@@ -151,8 +151,11 @@ def run_pareto(args: argparse.Namespace) -> int:
     # one curve per family; per run when --runs names several checkpoints of one family
     group = "family" if table.groupby("family")["run_id"].nunique().max() == 1 else "run_id"
     figures = write_pareto_figure(table, out, group=group)
+    trends = step_trends(table, group=group)
+    trends.to_csv(out / "pareto_trends.csv", index=False)
     print_summary(table, dominance_ranges(table, group=group), group)
-    for path in [out / "pareto.parquet", *figures, out / "samples.md"]:
+    print_trends(trends, group)
+    for path in [out / "pareto.parquet", out / "pareto_trends.csv", *figures, out / "samples.md"]:
         print(f"wrote {path}")
     return 0
 
@@ -173,9 +176,22 @@ def resolve_device(name: str | None):
 
 def print_summary(table, ranges, group: str = "family") -> None:
     columns = ["family"] + (["run_id"] if group == "run_id" else []) + [
-        "n_steps", "use_cache", "tokens_per_second", "gen_ppl", "entropy_mean", "entropy_min", "n_model_calls"]
+        "n_steps", "use_cache", "tokens_per_second", "gen_ppl", "gen_ppl_log_se", "entropy_mean",
+        "entropy_min", "n_model_calls"]
     print(table[columns].to_string(index=False, float_format=lambda v: f"{v:,.2f}"))
     print(f"dominant {'family' if group == 'family' else 'checkpoint'} per throughput range (tokens/s):")
     for _, r in ranges.iterrows():
         print(f"  ({r['throughput_min']:,.0f}, {r['throughput_max']:,.0f}]  {r[group]}  "
               f"gen-PPL {r['gen_ppl_best']:.2f} .. {r['gen_ppl_worst']:.2f}")
+
+
+def print_trends(trends, group: str = "family") -> None:
+    """One line per family and cache mode: does gen-PPL fall with more steps, beyond the noise?"""
+    if trends.empty:
+        return
+    print("gen-PPL against sampling steps (slope of log gen-PPL per doubling of steps, +- 1 s.e.):")
+    for _, r in trends.iterrows():
+        verdict = "falls" if r["falls"] else ("rises" if r["slope_per_doubling"] - 2 * r["slope_se"] > 0
+                                              else "no clear trend")
+        print(f"  {r[group]:<14} cache {'on ' if r['use_cache'] else 'off'}: "
+              f"{r['slope_per_doubling']:+.3f} +- {r['slope_se']:.3f} over {r['n_points']} step counts: {verdict}")

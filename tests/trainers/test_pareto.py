@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
 
-from analysis.pareto_frontier import dominance_ranges, pareto_frontier, select_compute_optimal
+from analysis.pareto_frontier import dominance_ranges, pareto_frontier, select_compute_optimal, step_trends
 from scaling.cli import main
 from trainers import pareto
 from trainers.backbone import build_model
@@ -64,7 +66,35 @@ def test_gen_ppl_of_a_uniform_judge_is_the_vocabulary_size():
     run = pareto.LoadedRun("ar", "r", build_family("ar", {}, vocab_size=V, mask_token_id=MASK), judge_model,
                            None, "same")
     samples = torch.randint(2, V, (5, 9), generator=torch.Generator().manual_seed(0))
-    assert pareto.generative_perplexity(judge, samples, run) == pytest.approx(V - 1, rel=1e-5)
+    gen_ppl, log_se = pareto.generative_perplexity(judge, samples, run)
+    assert gen_ppl == pytest.approx(V - 1, rel=1e-5)
+    assert log_se == pytest.approx(0.0, abs=1e-6)  # every sample scores the same
+
+
+def test_gen_ppl_standard_error_is_the_ratio_estimators():
+    """Planted per-sample nats: the log-PPL standard error equals the ratio-estimator formula, and
+    with equal lengths it is the standard error of the per-sample mean nats."""
+    nats = [10.0, 14.0, 9.0, 20.0, 11.0, 16.0]
+    judge = SimpleNamespace(kind="dit", tokenizer_fingerprint="same",
+                            row_nats=lambda rows: (nats, [8] * len(rows)))
+    run = SimpleNamespace(tokenizer_fingerprint="same")
+    gen_ppl, log_se = pareto.generative_perplexity(judge, torch.zeros(6, 9, dtype=torch.long), run)
+    per_token = np.array(nats) / 8
+    assert gen_ppl == pytest.approx(math.exp(per_token.mean()))
+    assert log_se == pytest.approx(per_token.std(ddof=1) / math.sqrt(6))
+
+
+def test_step_trends_recover_a_planted_slope():
+    steps = np.array([4, 8, 16, 32, 64])
+    rows = [("duo", False, n, math.exp(7.5 - 0.05 * math.log2(n)), 0.01) for n in steps] + \
+           [("flat", False, n, 100.0 * (1.1 if i % 2 else 1.0), 0.2) for i, n in enumerate(steps)] + \
+           [("ar", True, 63, 40.0, 0.01)]  # one step count: no trend to fit
+    table = pd.DataFrame(rows, columns=["family", "use_cache", "n_steps", "gen_ppl", "gen_ppl_log_se"])
+    trends = step_trends(table).set_index("family")
+    assert list(trends.index) == ["duo", "flat"]
+    assert trends.loc["duo", "slope_per_doubling"] == pytest.approx(-0.05)
+    assert trends.loc["duo", "slope_se"] == pytest.approx(0.01 / math.sqrt(10))  # sum (x - x_bar)^2 = 10
+    assert bool(trends.loc["duo", "falls"]) and not bool(trends.loc["flat", "falls"])
 
 
 # -- end to end on a fake run store ----------------------------------------------------------------
