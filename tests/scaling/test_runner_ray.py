@@ -59,10 +59,16 @@ def sweep(tmp_path):
     assert not leftovers, f"Ray processes left behind: {[p.pid for p in leftovers]}"
 
 
+def _default_sigint() -> None:
+    # A shell starting the tests in the background (`nohup make test &`, some CI runners) leaves
+    # SIGINT ignored, and children inherit that: the driver must get Ctrl-C as a terminal sends it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(path, ray_tmp, env=None) -> subprocess.Popen:
     return subprocess.Popen([SCALING, "run", str(path), "--no-progress", "--ray-temp-dir", ray_tmp],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, **(env or {})}, preexec_fn=_default_sigint)
 
 
 def finish(proc, timeout=600) -> tuple[int, str, str]:
