@@ -250,10 +250,22 @@ def fit_isoflop(flops, n_params, loss, *, accept_edge=False, huber=False, group=
             f"{len(flops)} runs): these runs are not iso-FLOP groups; snap noisy FLOPs to budgets "
             "(--budget-tolerance DEX and/or --budgets LIST)", group=group,
         )
-    optima = tuple(
-        fit_budget(c, n_params[flops == c], loss[flops == c], accept_edge=accept_edge, huber=huber, group=group)
-        for c in budgets
-    )
+    optima, failures = [], []
+    for c in budgets:  # every budget is tried, so one error names all that failed, not the first
+        try:
+            optima.append(fit_budget(c, n_params[flops == c], loss[flops == c], accept_edge=accept_edge,
+                                     huber=huber, group=group))
+        except FitError as exc:
+            failures.append(exc)
+    if failures:
+        fitted = [f"{o.flops:.3g}" for o in optima]
+        hint = (f". Budgets {', '.join(fitted)} have a trusted minimum: fit them alone with --budgets "
+                f"{','.join(fitted)}" if len(fitted) >= MIN_BUDGETS else "")
+        if len(failures) == 1 and not hint:
+            raise failures[0]
+        raise FitError("approach 2: " + "; ".join(f"budget {e.flops:.3g}: {e.reason}" for e in failures) + hint,
+                       group=group)
+    optima = tuple(optima)
     warnings = tuple(
         f"group {group}: budget {o.flops:.3g} FLOPs: vertex N* = {o.n_params:.3g} outside sampled sizes "
         f"[{o.n_params_min:.3g}, {o.n_params_max:.3g}] (extrapolated, accepted)"

@@ -189,3 +189,22 @@ def test_held_out_check_predicts_an_exact_power_law():
     assert check.loss_error == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(FitError, match="needs >= 3"):
         check_held_out(flops[flops < 1e20], n[flops < 1e20], loss[flops < 1e20])
+
+
+def test_every_failing_budget_is_named_and_the_fitting_ones_offered():
+    """One error names each budget without a trusted minimum, and the budgets that have one."""
+    flops, n, loss = make_parabola_runs(noise=0.0, rng=0)
+    budgets = np.unique(flops)
+    for c in budgets[:2]:  # the two smallest budgets: monotone, no minimum inside
+        rows = flops == c
+        loss[rows] = 3.0 - 0.1 * np.log(n[rows] / n[rows].min())
+    with pytest.raises(FitError) as caught:
+        fit_isoflop(flops, n, loss, group="duo")
+    message = str(caught.value)
+    assert message.startswith("group duo: approach 2: ")
+    assert all(f"budget {c:.3g}:" in message for c in budgets[:2])
+    rest = ",".join(f"{c:.3g}" for c in budgets[2:])
+    assert message.endswith(f"fit them alone with --budgets {rest}")
+    fit = fit_isoflop(flops[np.isin(flops, budgets[2:])], n[np.isin(flops, budgets[2:])],
+                      loss[np.isin(flops, budgets[2:])], group="duo")
+    assert len(fit.optima) == len(budgets) - 2
