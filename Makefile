@@ -42,7 +42,7 @@ demo: install
 	-$(BIN)/scaling fit outputs/demo
 	-$(BIN)/scaling plot outputs/demo
 	@echo "results: outputs/demo/results.parquet  fits: outputs/demo/fits/  figures: outputs/demo/figures/"
-	@echo "next: $(BIN)/scaling pareto sweeps/demo.yaml   (samplers' speed/quality frontier, ~1 min)"
+	@echo "next: $(BIN)/scaling pareto sweeps/demo.yaml   (samplers' speed/quality frontier, ~2 min)"
 
 plan: install
 	$(BIN)/scaling plan sweeps/paper.yaml
