@@ -110,11 +110,6 @@ class Judge:
             return forbid_token(self.model(input_ids=ids, attention="causal"), self.model.config.mask_token_id)
         return self.model(input_ids=ids, attention_mask=attention_mask).logits.float()
 
-    def token_nats(self, rows: list[list[int]]) -> tuple[float, int]:
-        """(sum of -log p(x_i | x_<i) over i >= 1 of every row, number of scored tokens)."""
-        nats, counts = self.row_nats(rows)
-        return float(sum(nats)), int(sum(counts))
-
     def row_nats(self, rows: list[list[int]]) -> tuple[list[float], list[int]]:
         """Per row (rows shorter than 2 tokens left out): summed -log p(x_i | x_<i) over i >= 1,
         and the number of tokens scored."""

@@ -26,14 +26,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 import yaml
 
-from tests.scaling.raysession import kill_all, ray_processes
+from tests.scaling.raysession import kill_all, poll_until, ray_processes
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -75,16 +74,6 @@ def stop_session(temp_dir: str) -> None:
                 pass
         _, alive = psutil.wait_procs(group, timeout=STOP_GRACE_S)
         kill_all(alive)
-
-
-def wait_for(predicate, timeout: float, poll: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    return predicate()
 
 
 # ---------------------------------------------------------------- the cluster
@@ -189,7 +178,7 @@ def test_two_workers_on_two_nodes_equal_one_worker_accumulating(cluster, tmp_pat
 
     ran = scaling_run(one, address, env)
     assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-3000:]
-    gone = wait_for(lambda: not run_leftovers(temp_dir), timeout=30)  # Ray ends a finished job's
+    gone = poll_until(lambda: not run_leftovers(temp_dir), timeout=30, poll=0.5)  # Ray ends a finished job's
     assert gone, f"run processes outlived their drivers: {run_leftovers(temp_dir)}"  # workers
 
     a = run_dir(root_two, "mdlm-lowvar")

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.scaling.raysession import kill_all, ray_processes
+from tests.scaling.raysession import kill_all, poll_until, ray_processes
 
 REPO = Path(__file__).resolve().parents[2]
 SCALING = str(Path(sys.executable).parent / "scaling")
@@ -84,13 +84,10 @@ def results(root: Path) -> dict[str, dict]:
 
 
 def wait_for(predicate, timeout=300, poll=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise TimeoutError("condition not met in time")
+    value = poll_until(predicate, timeout, poll)
+    if not value:
+        raise TimeoutError("condition not met in time")
+    return value
 
 
 def test_sweep_then_idempotent_rerun(sweep):
