@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # GPU check: on a machine with one NVIDIA GPU and the project's dependencies (no network), train the
 # 113M shape (12 x 768, vocabulary 32001, sequence 2048) in bf16 for each family through the
-# project's DeepSpeed loop, print tokens/s and model FLOPs utilisation (paper convention), then the
-# paper sweep's GPU-hours estimated from the measured AR throughput. About 3-5 minutes on an H100.
+# project's DeepSpeed loop with the GPU defaults of a run (compiled blocks and loss heads, cuDNN
+# attention on Hopper: trainers/kernels.py), print tokens/s and model FLOPs utilisation (paper
+# convention, and PaLM's with attention), then the paper sweep's GPU-hours estimated from the
+# measured AR throughput. About 5 minutes on an H100 (NO_PLAIN=1 skips the plain-loop comparison).
+# COMPILE=off|blocks|whole and ATTENTION=auto|default|cudnn|flash pick other paths.
 #
 #   bash benchmarks/gpu_check.sh            # uses `python3` (or $PYTHON)
 #
@@ -15,15 +18,19 @@ export DS_ACCELERATOR=cuda TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 ROUNDS=${ROUNDS:-3}
 STEPS=${STEPS:-40}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-declare -A TPS
+declare -A TPS MFU PALM
 for family in ar mdlm duo esolm; do
   echo "== $family"
   out=$($PY benchmarks/train_throughput.py --part gpu --family "$family" --rounds "$ROUNDS" \
-        --steps "$STEPS" --micro-batch "${MICRO_BATCH:-16}" ${COMPILE:+--compile} 2>&1 | grep -v -i warn)
+        --steps "$STEPS" --micro-batch "${MICRO_BATCH:-16}" --compile "${COMPILE:-blocks}" \
+        --attention "${ATTENTION:-auto}" ${NO_PLAIN:+--no-plain} 2>&1 | grep -v -i warn)
   echo "$out"
   TPS[$family]=$(echo "$out" | awk '/^gpu_deepspeed_tokens_per_s/ {print $2}')
+  MFU[$family]=$(echo "$out" | awk '/^mfu / {print $2}')
+  PALM[$family]=$(echo "$out" | awk '/^mfu_palm/ {print $2}')
 done
-echo "== summary (tokens/s of the DeepSpeed loop; mfu = 6 N' tokens/s / peak bf16)"
-for family in ar mdlm duo esolm; do echo "$family ${TPS[$family]:-nan}"; done
+echo "== summary (tokens/s of the DeepSpeed loop; mfu = 6 N' tokens/s / peak bf16; mfu_palm adds"
+echo "   attention's 12 L d T FLOPs per token)"
+for family in ar mdlm duo esolm; do echo "$family ${TPS[$family]:-nan} mfu ${MFU[$family]:-nan} mfu_palm ${PALM[$family]:-nan}"; done
 echo "== paper sweep estimate from the measured AR throughput"
 $PY -m scaling.cli plan sweeps/paper.yaml --estimate --tokens-per-second "${TPS[ar]}" | tail -8

@@ -10,14 +10,17 @@ vocabulary 1024, 32 sequences of 64 tokens, MDLM.
 
 GPU part (`--gpu`, or automatically when CUDA is available; in its own process, since DeepSpeed
 picks its accelerator once per process): the 113M shape of the paper's ladder (12 layers x 768,
-12 heads, vocabulary 32001), sequences of 2048, bf16 autocast, fused AdamW. Prints the tokens/s of
-both loops and `mfu <value>` = 6 N' tokens/s / peak, with N' = 12 L d^2 + d K (the paper's FLOPs
-convention, scaling/flops.py) and the card's dense bf16 peak (H100/H200 SXM: 989e12 FLOP/s). The
-micro-batch halves until a step fits; the first round is warm-up and not timed; timings are
-synchronised.
+12 heads, vocabulary 32001), sequences of 2048, bf16 autocast, fused AdamW, and the fast paths of
+trainers/kernels.py as chosen by --compile / --attention. Prints the tokens/s of both loops (the
+plain one unless --no-plain), `mfu <value>` = 6 N' tokens/s / peak, with N' = 12 L d^2 + d K (the
+paper's FLOPs convention, scaling/flops.py) and the card's dense bf16 peak (H100/H200 SXM: 989e12
+FLOP/s), and `mfu_palm` with attention's 12 L d T FLOPs per token added. --profile-steps N prints
+the kernel time per step by category and the top kernels. The micro-batch halves until a step fits;
+the first round is warm-up (and compilation) and not timed; timings are synchronised. Findings:
+benchmarks/GPU_NOTES.md.
 
     python benchmarks/train_throughput.py                 # CPU (and GPU when there is one)
-    python benchmarks/train_throughput.py --part gpu --compile --micro-batch 16
+    python benchmarks/train_throughput.py --part gpu --compile blocks --profile-steps 3
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ def plain_steps(model, optimizer, family, data, cfg, first: int, last: int, devi
 
     from trainers.data import train_batch
     from trainers.engine import CORRUPT_STREAM, TIME_STREAM, autocast_context, derive_seed
+    from trainers.kernels import attention_context
     from trainers.noise import sample_stratified_times
 
     batch = cfg.global_batch_seqs
@@ -78,7 +82,7 @@ def plain_steps(model, optimizer, family, data, cfg, first: int, last: int, devi
         t = sample_stratified_times(batch, 0, batch, time_gen).to(device)
         gen = torch.Generator(torch.device(device))
         gen.manual_seed(derive_seed(cfg.seed, step, CORRUPT_STREAM, 0))
-        with autocast_context(precision, device):
+        with autocast_context(precision, device), attention_context(device):
             loss = family.training_loss(model, tokens, t, gen)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -141,11 +145,13 @@ def measure(args, device: str, precision: str, micro_batch: int) -> dict[str, fl
     import torch
 
     from trainers.dist import import_deepspeed, prepare_process
+    from trainers.kernels import compile_blocks, configure
     from trainers.engine import (LoopState, build_deepspeed_config, initialize_engine, plan_batches,
                                  train_steps)
     from scaling.schema import Resources
 
     proc = prepare_process(args.threads, use_gpu=device != "cpu")
+    configure("off" if args.compile == "off" else "on", device, attention=args.attention)
     deepspeed = import_deepspeed(proc.world_size, proc.device)
     import logging
 
@@ -157,7 +163,10 @@ def measure(args, device: str, precision: str, micro_batch: int) -> dict[str, fl
     plan = plan_batches(micro_batch, None, 1)
     config = build_deepspeed_config(recipe, Resources(), plan, precision)
     engine, optimizer = initialize_engine(deepspeed, model, recipe, config, device)
-    if args.compile:
+    if args.compile == "blocks":  # the product's path (trainers/kernels.py)
+        compile_blocks(engine.module)
+        compile_blocks(plain)
+    elif args.compile == "whole":  # the whole backbone as one graph (loss heads stay compiled)
         engine.compile()
         plain = torch.compile(plain)
 
@@ -175,15 +184,62 @@ def measure(args, device: str, precision: str, micro_batch: int) -> dict[str, fl
                     precision=precision, state=LoopState(step=first), metrics=_NullMetrics())
         sync()
         t1 = time.perf_counter()
-        plain_steps(plain, plain_opt, family, data, loop_config(last), first, last, device, precision)
+        if not args.no_plain:
+            plain_steps(plain, plain_opt, family, data, loop_config(last), first, last, device,
+                        precision)
         sync()
         t2 = time.perf_counter()
         step = last
         if round_index > 0:
             ds_rates.append(tokens_per_round / (t1 - t0))
             plain_rates.append(tokens_per_round / (t2 - t1))
+    if args.profile_steps:
+        profile_steps(args, engine, optimizer, family, data, loop_config, plan, device, precision, step)
     ds, pl = statistics.median(ds_rates), statistics.median(plain_rates)
     return {"deepspeed": ds, "plain": pl, "ratio": ds / pl}
+
+
+def kernel_category(name: str) -> str:
+    lower = name.lower()
+    for key, words in (("attention", ("flash", "fmha", "cudnn", "attention", "sdpa")),
+                       ("matmul", ("gemm", "cutlass", "sm90_xmma", "nvjet", "matmul", "cublas")),
+                       ("optimizer", ("adam", "multi_tensor", "foreach")),
+                       ("loss", ("log_softmax", "softmax", "nll", "cross_entropy"))):
+        if any(w in lower for w in words):
+            return key
+    return "other (elementwise, norms, copies)"
+
+
+def profile_steps(args, engine, optimizer, family, data, loop_config, plan, device, precision,
+                  first: int) -> None:
+    """CUDA time per kernel over `args.profile_steps` steps of the DeepSpeed loop: the top
+    kernels and totals per category, printed as a table."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from trainers.engine import LoopState, train_steps
+
+    last = first + args.profile_steps
+    torch.cuda.synchronize()
+    wall = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        train_steps(engine, optimizer, family, data, loop_config(last), plan, rank=0, device=device,
+                    precision=precision, state=LoopState(step=first), metrics=_NullMetrics())
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - wall
+    rows = [(e.key, e.device_time_total, e.count) for e in prof.key_averages()
+            if e.device_type == torch.autograd.DeviceType.CUDA and e.device_time_total > 0]
+    total = sum(t for _, t, _ in rows)
+    per_step = lambda us: us / 1e3 / args.profile_steps  # noqa: E731 - ms per step
+    print(f"profile: {args.profile_steps} steps, wall {1e3 * wall / args.profile_steps:.1f} ms/step, "
+          f"kernels {per_step(total):.1f} ms/step")
+    categories: dict[str, float] = {}
+    for key, t, _ in rows:
+        categories[kernel_category(key)] = categories.get(kernel_category(key), 0.0) + t
+    for key, t in sorted(categories.items(), key=lambda kv: -kv[1]):
+        print(f"  {key:<36s} {per_step(t):7.2f} ms/step {100 * t / total:5.1f}%")
+    for key, t, count in sorted(rows, key=lambda r: -r[1])[:args.profile_top]:
+        print(f"    {per_step(t):7.2f} ms {count // args.profile_steps:4d}x  {key[:100]}")
 
 
 def run_cpu(args) -> None:
@@ -215,18 +271,23 @@ def run_gpu(args) -> None:
     name = torch.cuda.get_device_name()
     micro = fit_micro_batch(args, "cuda:0", "bf16")
     print(f"gpu: {name}; {args.family} 113M shape (12 x 768, vocab 32001), micro-batch {micro} x "
-          f"2048, bf16 autocast{', torch.compile' if args.compile else ''}", flush=True)
+          f"2048, bf16 autocast, compile {args.compile}, attention {args.attention}", flush=True)
     rates = measure(args, "cuda:0", "bf16", micro)
     n_prime = count_paper_flops_params(12, 768, 32001)
+    # PaLM's MFU (Chowdhery et al. 2022, appendix B) also counts attention's score and value
+    # matmuls: 6 N + 12 L d T FLOPs per token, T = sequence length (the full T x T, causal or not).
+    attention_flops_per_token = 12 * 12 * 768 * 2048
     peak = peak_flops(name, args.peak_flops)
     print(f"gpu_deepspeed_tokens_per_s {rates['deepspeed']:.0f}")
-    print(f"gpu_plain_tokens_per_s {rates['plain']:.0f}")
-    print(f"gpu_ratio {rates['ratio']:.3f}")
+    if not args.no_plain:
+        print(f"gpu_plain_tokens_per_s {rates['plain']:.0f}")
+        print(f"gpu_ratio {rates['ratio']:.3f}")
     print(f"peak_memory_gib {torch.cuda.max_memory_allocated() / 2**30:.1f}")
     if peak is None:
         print(f"mfu nan  (unknown peak for {name!r}; pass --peak-flops)")
     else:
         print(f"mfu {6 * n_prime * rates['deepspeed'] / peak:.3f}")
+        print(f"mfu_palm {(6 * n_prime + attention_flops_per_token) * rates['deepspeed'] / peak:.3f}")
 
 
 def parse_args(argv=None):
@@ -246,7 +307,14 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=30, help="steps per timed round")
     p.add_argument("--warmup-steps", type=int, default=5, help="steps of the untimed first round")
     p.add_argument("--micro-batch", type=int, default=16, help="GPU: largest micro-batch to try")
-    p.add_argument("--compile", action="store_true", help="torch.compile both loops' models")
+    p.add_argument("--compile", choices=("off", "blocks", "whole"), default="off",
+                   help="blocks: the product's compiled blocks and loss heads (trainers/kernels.py, "
+                        "resources.compile); whole: the backbone as one graph")
+    p.add_argument("--attention", choices=("auto", "default", "cudnn", "flash", "efficient"),
+                   default="auto", help="scaled_dot_product_attention backend (trainers/kernels.py)")
+    p.add_argument("--no-plain", action="store_true", help="time the DeepSpeed loop only")
+    p.add_argument("--profile-steps", type=int, default=0, help="GPU: profile this many steps")
+    p.add_argument("--profile-top", type=int, default=12, help="kernels listed by the profile")
     p.add_argument("--peak-flops", type=float, default=None, help="GPU: peak bf16 FLOP/s override")
     return p.parse_args(argv)
 

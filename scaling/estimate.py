@@ -1,4 +1,4 @@
-"""Accelerator-hour estimates for a planned sweep, from one measured (or assumed) throughput.
+"""Accelerator-hour estimates for a planned sweep, from one measured throughput.
 
 A throughput measured on the 113M shape (12 x 768, sequence 2048, bf16) is turned into achieved
 FLOP/s under the sweep's FLOPs convention, and every run is assumed to reach the same FLOP/s
@@ -17,9 +17,12 @@ from scaling.grid import GridPlan
 REFERENCE_SHAPE = (12, 768)  # the 113M shape of the paper ladder
 REFERENCE_VOCAB = 32001
 REFERENCE_SEQ = 2048
-H100_BF16_PEAK_FLOPS = 989e12  # dense bf16, H100 SXM datasheet
-# Assumption when nothing was measured: 40% MFU on an H100 (REFERENCE target is >= 35%).
-ASSUMED_MFU = 0.40
+HOPPER_BF16_PEAK_FLOPS = 989e12  # dense bf16, H100/H200 SXM datasheet
+# Default when no throughput is given: AR on the 113M shape, measured with the project's GPU
+# defaults (compiled blocks and loss heads, cuDNN attention) by benchmarks/gpu_check.sh on one
+# H200, 2026-11-27 (26.4% MFU); MDLM measured the same, Duo 328K, Eso-LM 438K tokens/s.
+MEASURED_TOKENS_PER_SECOND = 396_709.0
+MEASURED_ON = "AR on one H200, benchmarks/gpu_check.sh, 2026-11-27"
 
 
 def reference_flops_per_token() -> float:
@@ -29,13 +32,18 @@ def reference_flops_per_token() -> float:
                                                        REFERENCE_SEQ, "paper")
 
 
-def assumed_tokens_per_second() -> float:
-    return ASSUMED_MFU * H100_BF16_PEAK_FLOPS / reference_flops_per_token()
+def default_tokens_per_second() -> float:
+    return MEASURED_TOKENS_PER_SECOND
+
+
+def model_flops_utilisation(tokens_per_second: float, peak_flops: float = HOPPER_BF16_PEAK_FLOPS) -> float:
+    """Paper-convention MFU of the 113M shape at this throughput (6 N' FLOPs per token)."""
+    return tokens_per_second * reference_flops_per_token() / peak_flops
 
 
 def estimate_gpu_hours(plan: GridPlan, tokens_per_second: float | None = None) -> dict[str, float]:
     """GPU-hours per family label (and 'total')."""
-    tps = tokens_per_second or assumed_tokens_per_second()
+    tps = tokens_per_second or default_tokens_per_second()
     flops_per_second = tps * reference_flops_per_token()
     hours: dict[str, float] = defaultdict(float)
     for spec in plan.runs:
@@ -46,11 +54,11 @@ def estimate_gpu_hours(plan: GridPlan, tokens_per_second: float | None = None) -
 
 def render_estimate(plan: GridPlan, tokens_per_second: float | None = None) -> str:
     measured = tokens_per_second is not None
-    tps = tokens_per_second or assumed_tokens_per_second()
-    source = ("measured (given with --tokens-per-second)" if measured else
-              f"assumed: {ASSUMED_MFU:.0%} MFU of an H100's {H100_BF16_PEAK_FLOPS:.3g} bf16 FLOP/s")
+    tps = tokens_per_second or default_tokens_per_second()
+    source = "given with --tokens-per-second" if measured else f"default: {MEASURED_ON}"
     lines = ["", f"estimate: {tps:,.0f} tokens/s per GPU on the 113M shape ({source}),",
-             f"          i.e. {tps * reference_flops_per_token():.3g} FLOP/s per GPU for every run"]
+             f"          i.e. {tps * reference_flops_per_token():.3g} FLOP/s per GPU for every run "
+             f"({model_flops_utilisation(tps):.1%} MFU of an H100/H200)"]
     for label, hours in estimate_gpu_hours(plan, tps).items():
         lines.append(f"  {label:<14} {hours:>12,.0f} GPU-hours")
     return "\n".join(lines)

@@ -192,6 +192,8 @@ class Resources(Strict):
     gpus_per_worker: Annotated[float, Field(ge=0)] = 0.0
     workers: PositiveInt = 1
     zero_stage: Literal[0, 1, 2, 3] = 0
+    # torch.compile of the blocks and loss heads (trainers/kernels.py); auto = on a GPU only.
+    compile: Literal["auto", "on", "off"] = "auto"
     deepspeed_overrides: dict[str, Any] = Field(default_factory=dict)  # merged into DeepSpeed's config
 
 

@@ -208,7 +208,35 @@ class DiTFinalLayer(nn.Module):
         h = modulate(self.norm_final(x), shift, scale)
         # Position-wise from here on: the head (d x K, the largest matmul and the log-softmax
         # behind it at small d) runs only on the rows a loss scores.
-        return self.linear(h if rows is None else h[rows])
+        return aligned_linear(self.linear, h if rows is None else h[rows])
+
+
+HEAD_ALIGN = 64  # output columns a GPU head matmul is padded to (tensor-core tiles are 64 wide)
+
+
+def aligned_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """linear(x), with the output width padded to a multiple of HEAD_ALIGN on a GPU and sliced back.
+
+    An output width that is not a multiple of 8 (a vocabulary of 32001, GPT-2's 50257) leaves the
+    logits' rows misaligned for 16-byte loads, and cuBLAS then falls back to its align-1 kernels for
+    the head and both of its backward matmuls: at the 113M shape (12 x 768, K = 32001, 32K tokens)
+    those took 40 ms of a 112 ms step on an H200, against about 7 ms aligned
+    (benchmarks/gpu_variants.sh). The padding is zero rows of the weight, so the first K columns
+    are the same numbers; the parameters keep their shape (exact parameter counts, checkpoints).
+    On a CPU the plain product is as fast."""
+    if not x.is_cuda or linear.out_features % HEAD_ALIGN == 0:
+        return linear(x)
+    return padded_linear(x, linear.weight, linear.bias, HEAD_ALIGN)
+
+
+def padded_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  align: int) -> torch.Tensor:
+    """F.linear(x, weight, bias) computed with weight's rows zero-padded to a multiple of `align`,
+    returned as a view of the first weight.shape[0] columns (gradients flow to the unpadded tensors)."""
+    n_out = weight.shape[0]
+    pad = -n_out % align
+    padded_bias = None if bias is None else F.pad(bias, (0, pad))
+    return F.linear(x, F.pad(weight, (0, 0, 0, pad)), padded_bias)[..., :n_out]
 
 
 class DiTModel(PreTrainedModel):

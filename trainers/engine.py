@@ -251,6 +251,7 @@ class _StepRunner:
     def __init__(self, engine, family, data, cfg: LoopConfig, plan: BatchPlan, rank: int, device: str,
                  precision: str):
         from trainers.data import train_batch
+        from trainers.kernels import attention_context
         from trainers.noise import sample_stratified_times
 
         self.engine, self.family, self.data, self.cfg = engine, family, data, cfg
@@ -261,6 +262,7 @@ class _StepRunner:
         self.gen_device = torch.device(device)
         self.zeros_t = torch.zeros(self.micro, device=device)  # AR is fed t = 0 (REFERENCE §1)
         self._train_batch, self._times = train_batch, sample_stratified_times
+        self._attention = lambda: attention_context(device)
 
     def __call__(self, step: int) -> torch.Tensor:
         """Run step `step`; its loss (mean over micro-batches), left on the device."""
@@ -274,7 +276,7 @@ class _StepRunner:
                 t = self._times(cfg.global_batch_seqs, start, self.micro, time_gen).to(self.device)
             gen = torch.Generator(self.gen_device).manual_seed(
                 derive_seed(cfg.seed, step, CORRUPT_STREAM, start))
-            with autocast_context(self.precision, self.device):
+            with autocast_context(self.precision, self.device), self._attention():
                 loss = self.family.training_loss(self.engine, tokens, t, gen)
             self.engine.backward(loss)
             self.engine.step()

@@ -173,3 +173,23 @@ def test_output_rows_are_the_full_logits_at_those_rows(random_model, attention):
     some = model(input_ids=x, sigma=sigma, permutation=perm, output_rows=rows)
     assert some.shape == (int(rows.sum()), 24)
     torch.testing.assert_close(some, model(input_ids=x, sigma=sigma, permutation=perm)[rows])
+
+
+def test_padded_head_matmul_is_the_same_linear():
+    """The GPU head pads the vocabulary to a multiple of 64 for aligned kernels: same values,
+    same gradients, on the unpadded parameters."""
+    from trainers.backbone import padded_linear
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 7, 16, generator=g, requires_grad=True)
+    weight = torch.randn(101, 16, generator=g, requires_grad=True)
+    bias = torch.randn(101, generator=g, requires_grad=True)
+    padded = padded_linear(x, weight, bias, 64)
+    assert padded.shape == (5, 7, 101)
+    reference = torch.nn.functional.linear(x, weight, bias)
+    torch.testing.assert_close(padded, reference)
+    upstream = torch.randn(5, 7, 101, generator=g)
+    grads = torch.autograd.grad((padded * upstream).sum(), (x, weight, bias))
+    expected = torch.autograd.grad((reference * upstream).sum(), (x, weight, bias))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)

@@ -9,9 +9,8 @@ scored tokens per sequence; the diffusion time t is ignored.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from trainers.backbone import forbid_token
+from trainers import kernels
 from trainers.families.base import Family
 from trainers.families.registry import AROptions, get_entry
 from trainers.samplers import ar as sampler
@@ -27,8 +26,8 @@ class ARFamily(Family):
     def token_nats(self, model, tokens: torch.Tensor) -> torch.Tensor:
         """-log p(x_{l+1} | x_{<=l}), FloatTensor[B, L - 1]."""
         logits = model(input_ids=tokens[:, :-1], sigma=None)
-        log_p = forbid_token(logits, self.mask_token_id)
-        nats = F.cross_entropy(log_p.flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
+        nats = kernels.cross_entropy_without(logits.flatten(0, 1), tokens[:, 1:].flatten(),
+                                             self.mask_token_id)
         return nats.view(tokens.shape[0], -1)
 
     def training_loss(self, model, tokens, t=None, generator=None):

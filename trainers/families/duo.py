@@ -20,8 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from trainers import noise
-from trainers.backbone import forbid_token
+from trainers import kernels, noise
 from trainers.families.base import Family
 from trainers.families.registry import DuoOptions, get_entry
 from trainers.samplers import duo as sampler
@@ -89,9 +88,9 @@ class DuoFamily(Family):
         alpha_t = noise.alpha(t)
         xt = uniform_corrupt(tokens, alpha_t, self.mask_token_id, self.n_real, generator)
         logits = model(input_ids=xt, sigma=noise.sigma_from_alpha(alpha_t))
-        log_x_theta = torch.log_softmax(forbid_token(logits, self.mask_token_id), dim=-1)
-        return duo_nelbo_per_token(log_x_theta, xt, tokens, alpha_t[:, None],
-                                   noise.alpha_derivative(t)[:, None], self.n_real)
+        return kernels.duo_nelbo_from_logits(logits, xt, tokens, alpha_t[:, None],
+                                             noise.alpha_derivative(t)[:, None], self.n_real,
+                                             self.mask_token_id)
 
     def training_loss(self, model, tokens, t, generator=None):
         return self.token_nelbo(model, tokens, t, generator).mean()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from trainers import noise
+from trainers import kernels, noise
 from trainers.backbone import forbid_token
 from trainers.families.base import Family
 from trainers.families.registry import MDLMOptions, get_entry
@@ -51,7 +51,7 @@ def scored_cross_entropy(model, targets: torch.Tensor, scored: torch.Tensor, mas
     clean positions cost nothing under SUBS, and about half the tokens are clean on average, so
     the head matmul and the log-softmax shrink by half. Same numbers, FloatTensor[B, L]."""
     logits = model(**model_inputs, output_rows=scored)  # [n_scored, K]
-    nats = F.cross_entropy(forbid_token(logits, mask_token_id), targets[scored], reduction="none")
+    nats = kernels.cross_entropy_without(logits, targets[scored], mask_token_id)
     return torch.zeros(targets.shape, dtype=nats.dtype, device=nats.device).masked_scatter(scored, nats)
 
 

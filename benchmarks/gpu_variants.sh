@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Where the GPU step time goes, and which fast path pays: the 113M shape (12 x 768, vocabulary
+# 32001, sequence 2048, bf16) through the project's DeepSpeed loop, one process per variant
+# (family x compile mode x attention backend x micro-batch), each with a kernel-time profile of a few
+# steps. Prints a summary table last; full logs under $LOG_DIR (default /tmp/gpu_variants).
+#
+#   bash benchmarks/gpu_variants.sh                 # every variant below, about 7 minutes on an H200
+#   VARIANTS="ar:blocks:cudnn:16 mdlm:blocks:flash:16" bash benchmarks/gpu_variants.sh
+#
+# A variant is family:compile:attention:micro_batch (benchmarks/train_throughput.py --compile,
+# --attention, --micro-batch). Variants stop being started once BUDGET_S seconds have passed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export DS_ACCELERATOR=cuda TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+LOG_DIR=${LOG_DIR:-/tmp/gpu_variants}
+BUDGET_S=${BUDGET_S:-420}
+mkdir -p "$LOG_DIR"
+VARIANTS=${VARIANTS:-"ar:off:default:16 ar:blocks:cudnn:16 ar:blocks:flash:16 mdlm:blocks:cudnn:16 \
+mdlm:blocks:flash:16 duo:blocks:cudnn:16 esolm:blocks:cudnn:16 ar:blocks:cudnn:32 ar:whole:cudnn:16"}
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader || true
+start=$(date +%s)
+summary=()
+for v in $VARIANTS; do
+  IFS=: read -r family compile attention micro <<<"$v"
+  if (( $(date +%s) - start > BUDGET_S )); then summary+=("$v skipped (budget)"); continue; fi
+  log="$LOG_DIR/${family}_${compile}_${attention}_${micro}.log"
+  t0=$(date +%s)
+  timeout ${VARIANT_TIMEOUT_S:-150} $PY benchmarks/train_throughput.py --part gpu --family "$family" --compile "$compile" \
+    --attention "$attention" --micro-batch "$micro" --rounds "${ROUNDS:-2}" --steps "${STEPS:-20}" \
+    --no-plain --profile-steps 3 --profile-top 8 >"$log" 2>&1
+  rc=$?
+  grep -v -i -E "warn|^\s*$" "$log" | grep -E "^(gpu|profile|  |    |mfu|peak|Traceback|[A-Za-z]*Error)" | head -30
+  tps=$(awk '/^gpu_deepspeed_tokens_per_s/ {print $2}' "$log")
+  mfu=$(awk '/^mfu / {print $2}' "$log")
+  palm=$(awk '/^mfu_palm/ {print $2}' "$log")
+  summary+=("$v rc=$rc tokens/s=${tps:-nan} mfu=${mfu:-nan} mfu_palm=${palm:-nan} ($(( $(date +%s) - t0 ))s)")
+  if (( rc != 0 )); then tail -5 "$log"; fi
+done
+echo "== summary (mfu = 6 N' tokens/s / 989e12; mfu_palm adds 12 L d T attention FLOPs per token)"
+printf '%s\n' "${summary[@]}"
