@@ -4,7 +4,8 @@
 # project's DeepSpeed loop with the GPU defaults of a run (compiled blocks and loss heads, cuDNN
 # attention on Hopper: trainers/kernels.py), print tokens/s and model FLOPs utilisation (paper
 # convention, and PaLM's with attention), then the paper sweep's GPU-hours estimated from the
-# measured AR throughput. About 5 minutes on an H100 (NO_PLAIN=1 skips the plain-loop comparison).
+# measured AR throughput. `NO_PLAIN=1 ROUNDS=2 STEPS=30` took about 3 minutes on an H200 (2026-11-27);
+# the defaults also time the plain-PyTorch loop, about twice that (estimated, not timed).
 # COMPILE=off|blocks|whole and ATTENTION=auto|default|cudnn|flash pick other paths.
 #
 #   bash benchmarks/gpu_check.sh            # uses `python3` (or $PYTHON)
