@@ -109,7 +109,7 @@ def build_pair(args, device: str, precision: str, micro_batch: int):
     plain = copy.deepcopy(model).to(device)
     recipe = Recipe(global_batch_seqs=micro_batch, seq_len=args.seq, precision=precision,
                     lr_peak=1e-3, lr_min=1e-4)
-    plain_opt = build_optimizer(plain, recipe)
+    plain_opt = build_optimizer(plain, recipe, device)
     data = synthetic_data(max(4 * micro_batch, 64), args.seq, args.vocab)
     fwd = compute_forward_flops_per_token(args.n_layers, args.d_model, args.vocab, args.seq)
 

@@ -8,11 +8,9 @@ then also runs under autocast, which keeps reductions in fp32, as the study's Li
 `bf16-mixed` did. Everything DeepSpeed would do per step beyond the maths (timers, flops profiler,
 monitors, printing) is switched off. Resources.deepspeed_overrides is deep-merged over the result.
 
-Optimizer: torch.optim.AdamW handed to deepspeed.initialize, with torch's fused kernel on CUDA and
-on CPU alike (on CPU it took a d8 demo step from about 14 to 10 ms against the foreach kernel: the
-demo's small models are bound by per-tensor overhead); DeepSpeed's own Adam ops would need a
-C++/CUDA compile per machine. Weight decay applies to every parameter, as in the MDLM/Duo code the
-study builds on.
+Optimizer: torch.optim.AdamW handed to deepspeed.initialize (fused kernel on CUDA, foreach on
+CPU); DeepSpeed's own Adam ops would need a C++/CUDA compile per machine. Weight decay applies to
+every parameter, as in the MDLM/Duo code the study builds on.
 
 Loop (`train_steps`): the learning rate is set each step from the pure schedule
 (trainers/schedule.py). Every random stream of a step is seeded from (seed, step): the batch
@@ -121,10 +119,11 @@ def build_deepspeed_config(recipe, resources, plan: BatchPlan, precision: str) -
     return deep_merge(config, dict(resources.deepspeed_overrides))
 
 
-def build_optimizer(model: torch.nn.Module, recipe) -> torch.optim.AdamW:
+def build_optimizer(model: torch.nn.Module, recipe, device: str) -> torch.optim.AdamW:
     """AdamW with the recipe's betas, eps and weight decay; lr is set per step by the loop."""
+    kwargs = {"fused": True} if device.startswith("cuda") else {"foreach": True}
     return torch.optim.AdamW(model.parameters(), lr=recipe.lr_peak, betas=tuple(recipe.betas),
-                             eps=recipe.adam_eps, weight_decay=recipe.weight_decay, fused=True)
+                             eps=recipe.adam_eps, weight_decay=recipe.weight_decay, **kwargs)
 
 
 def derive_seed(*parts: int) -> int:
@@ -155,9 +154,9 @@ def initialize_engine(deepspeed, model: torch.nn.Module, recipe, config: dict[st
 
     Under ZeRO the engine wraps the optimizer but steps it, so its param groups stay the ones whose
     lr the loop sets. The model moves to its device before the optimizer is built: a fused AdamW
-    runs on its parameters' device."""
+    requires CUDA parameters."""
     model.to(device)
-    optimizer = build_optimizer(model, recipe)
+    optimizer = build_optimizer(model, recipe, device)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     if engine.dp_world_size == 1 and engine.zero_optimization_stage() == 0:
         # One worker, no ZeRO: the gradient all-reduce after backward averages over a world of
