@@ -151,7 +151,7 @@ def measure(args, device: str, precision: str, micro_batch: int) -> dict[str, fl
     from scaling.schema import Resources
 
     proc = prepare_process(args.threads, use_gpu=device != "cpu")
-    configure("off" if args.compile == "off" else "on", device, attention=args.attention)
+    configure(args.compile != "off", device, attention=args.attention)
     deepspeed = import_deepspeed(proc.world_size, proc.device)
     import logging
 

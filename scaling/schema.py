@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, Strict as StrictType, field_validator, model_validator, ValidationError
+from pydantic import (BaseModel, ConfigDict, Field, Strict as StrictType, StrictBool, ValidationError,
+                      field_validator, model_validator)
 
 from trainers.families.registry import FAMILIES, get_entry
 
@@ -192,9 +193,17 @@ class Resources(Strict):
     gpus_per_worker: Annotated[float, Field(ge=0)] = 0.0
     workers: PositiveInt = 1
     zero_stage: Literal[0, 1, 2, 3] = 0
-    # torch.compile of the blocks and loss heads (trainers/kernels.py); auto = on a GPU only.
-    compile: Literal["auto", "on", "off"] = "auto"
+    # torch.compile of the blocks and loss heads (trainers/kernels.py): auto = on a GPU only, or
+    # true / false (YAML's on / off read as those).
+    compile: Literal["auto"] | StrictBool = "auto"
     deepspeed_overrides: dict[str, Any] = Field(default_factory=dict)  # merged into DeepSpeed's config
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_choice(cls, value):
+        if value == "auto" or isinstance(value, bool):
+            return value
+        raise ValueError(f"got {value!r}; choose auto, true or false")
 
 
 class Sweep(Strict):

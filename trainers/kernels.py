@@ -1,11 +1,11 @@
 """GPU fast paths for one training process: compiled blocks, fused loss kernels, attention backend.
 
 The maths is defined once, eagerly, in the backbone and the families; this module only decides how
-it runs. `configure(compile_mode, device)` is called once per process by the training entry point
+it runs. `configure(compile, device)` (resources.compile of the run) is called once per process by the training entry point
 (a run is one process: DeepSpeed initialises once per process) before the first step:
 
-- ``compile_mode: off`` (the default on CPU, and what every test runs): plain eager PyTorch.
-- ``compile_mode: on`` (``auto`` on CUDA): `compile_blocks` compiles each transformer block
+- ``compile: false`` (``auto`` on a CPU, and what every test runs): plain eager PyTorch.
+- ``compile: true`` (``auto`` on CUDA): `compile_blocks` compiles each transformer block
   (regional compilation: one compiled graph serves all 12 blocks, so a 12-layer model compiles in
   seconds, and the families' data-dependent code around the backbone - boolean row selection,
   permutations, seeded generators - stays eager where torch.compile would break the graph anyway);
@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-CompileMode = Literal["auto", "on", "off"]
+CompileMode = Literal["auto"] | bool
 AttentionBackend = Literal["auto", "default", "cudnn", "flash", "efficient"]
 _STATE: dict = {"compile": False, "attention": "auto"}
 
@@ -37,7 +37,7 @@ def resolve_compile(compile_mode: CompileMode, device: str) -> bool:
     that compilation does not remove, and every run would pay the compiler's start-up."""
     if compile_mode == "auto":
         return device.startswith("cuda")
-    return compile_mode == "on"
+    return bool(compile_mode)
 
 
 def configure(compile_mode: CompileMode, device: str, attention: AttentionBackend = "auto") -> bool:

@@ -68,3 +68,13 @@ def test_yaml_1_1_exponent_reads_as_number(tmp_path):
     sweep = load_sweep(path)
     assert sweep.budgets == [6e9, 1.2e10, 1.5e10]
     assert all(isinstance(b, float) for b in sweep.budgets)
+
+
+@pytest.mark.parametrize("text,expected", [("auto", "auto"), ("on", True), ("true", True),
+                                           ("off", False), ("false", False)])
+def test_compile_reads_yaml_booleans(tmp_path, text, expected):
+    """`compile: on` is a YAML boolean; every spelling a user would write means what it says."""
+    path = tmp_path / "s.yaml"
+    path.write_text((REPO / "sweeps" / "smoke.yaml").read_text()
+                    .replace("  cpus_per_worker: 1", f"  cpus_per_worker: 1\n  compile: {text}"))
+    assert load_sweep(path).resources.compile == expected

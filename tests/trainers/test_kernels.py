@@ -13,14 +13,14 @@ from trainers.families.duo import duo_nelbo_per_token
 @pytest.fixture
 def compiled():
     """Compilation on for one test (on the CPU, through inductor), off again afterwards."""
-    kernels.configure("on", "cpu")
+    kernels.configure(True, "cpu")
     yield
-    kernels.configure("off", "cpu")
+    kernels.configure(False, "cpu")
 
 
 def test_auto_compiles_on_gpus_only():
     assert kernels.resolve_compile("auto", "cuda:0") and not kernels.resolve_compile("auto", "cpu")
-    assert kernels.resolve_compile("on", "cpu") and not kernels.resolve_compile("off", "cuda:0")
+    assert kernels.resolve_compile(True, "cpu") and not kernels.resolve_compile(False, "cuda:0")
     assert not kernels.compile_enabled()  # the default every test runs with
 
 
