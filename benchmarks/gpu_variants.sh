@@ -9,6 +9,10 @@
 #
 # A variant is family:compile:attention:micro_batch (benchmarks/train_throughput.py --compile,
 # --attention, --micro-batch). Variants stop being started once BUDGET_S seconds have passed.
+# DS_OVERRIDES (JSON) is merged into every variant's DeepSpeed config, e.g. bf16 weights (the next
+# thing to measure, benchmarks/GPU_NOTES.md):
+#   DS_OVERRIDES='{"bf16": {"enabled": true}, "torch_autocast": {"enabled": false}}' \
+#     VARIANTS="ar:blocks:auto:16" bash benchmarks/gpu_variants.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -28,7 +32,8 @@ for v in $VARIANTS; do
   t0=$(date +%s)
   timeout ${VARIANT_TIMEOUT_S:-150} $PY benchmarks/train_throughput.py --part gpu --family "$family" --compile "$compile" \
     --attention "$attention" --micro-batch "$micro" --rounds "${ROUNDS:-2}" --steps "${STEPS:-20}" \
-    --no-plain --profile-steps 3 --profile-top 8 >"$log" 2>&1
+    --no-plain --profile-steps 3 --profile-top 8 ${DS_OVERRIDES:+--deepspeed-overrides "$DS_OVERRIDES"} \
+    >"$log" 2>&1
   rc=$?
   grep -v -i -E "warn|^\s*$" "$log" | grep -E "^(gpu|profile|  |    |mfu|peak|Traceback|[A-Za-z]*Error)" | head -30
   tps=$(awk '/^gpu_deepspeed_tokens_per_s/ {print $2}' "$log")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import statistics
 import subprocess
@@ -161,7 +162,8 @@ def measure(args, device: str, precision: str, micro_batch: int) -> dict[str, fl
     family, model, plain, plain_opt, recipe, data, loop_config = build_pair(args, device, precision,
                                                                           micro_batch)
     plan = plan_batches(micro_batch, None, 1)
-    config = build_deepspeed_config(recipe, Resources(), plan, precision)
+    overrides = json.loads(args.deepspeed_overrides) if args.deepspeed_overrides else {}
+    config = build_deepspeed_config(recipe, Resources(deepspeed_overrides=overrides), plan, precision)
     engine, optimizer = initialize_engine(deepspeed, model, recipe, config, device)
     if args.compile == "blocks":  # the product's path (trainers/kernels.py)
         compile_blocks(engine.module)
@@ -313,6 +315,10 @@ def parse_args(argv=None):
     p.add_argument("--attention", choices=("auto", "default", "cudnn", "flash", "efficient"),
                    default="auto", help="scaled_dot_product_attention backend (trainers/kernels.py)")
     p.add_argument("--no-plain", action="store_true", help="time the DeepSpeed loop only")
+    p.add_argument("--deepspeed-overrides", default=None,
+                   help="JSON merged into the DeepSpeed config, as resources.deepspeed_overrides "
+                        "(e.g. bf16 weights: '{\"bf16\": {\"enabled\": true}, "
+                        "\"torch_autocast\": {\"enabled\": false}}')")
     p.add_argument("--profile-steps", type=int, default=0, help="GPU: profile this many steps")
     p.add_argument("--profile-top", type=int, default=12, help="kernels listed by the profile")
     p.add_argument("--peak-flops", type=float, default=None, help="GPU: peak bf16 FLOP/s override")
