@@ -1,8 +1,9 @@
 """GPU fast paths for one training process: compiled blocks, fused loss kernels, attention backend.
 
 The maths is defined once, eagerly, in the backbone and the families; this module only decides how
-it runs. `configure(compile, device)` (resources.compile of the run) is called once per process by the training entry point
-(a run is one process: DeepSpeed initialises once per process) before the first step:
+it runs. `configure(compile, device)` (the run's resources.compile) is called once per process by the
+training entry point (a run is one process: DeepSpeed initialises once per process), before the
+first step:
 
 - ``compile: false`` (``auto`` on a CPU, and what every test runs): plain eager PyTorch.
 - ``compile: true`` (``auto`` on CUDA): `compile_blocks` compiles each transformer block
@@ -15,8 +16,9 @@ it runs. `configure(compile, device)` (resources.compile of the run) is called o
   of memory traffic per step; compiled, each is one read of the logits forward and one backward.
 
 `attention_context(device)`: the scaled_dot_product_attention backends to try, in order. On a
-Hopper GPU cuDNN's attention goes first (benchmarks/train_throughput.py measures it against flash
-attention); elsewhere PyTorch's default order.
+Hopper GPU cuDNN's attention goes first (AR's attention kernels at the 113M shape: 13.3 ms per step
+against 19.8 ms for PyTorch's default flash attention 2 on an H200, benchmarks/GPU_NOTES.md);
+elsewhere PyTorch's default order.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ _STATE: dict = {"compile": False, "attention": "auto"}
 
 
 def resolve_compile(compile_mode: CompileMode, device: str) -> bool:
-    """`auto` compiles on CUDA only: on a CPU the small demo models are bound by per-op overhead
-    that compilation does not remove, and every run would pay the compiler's start-up."""
+    """`auto` compiles on CUDA only: on a CPU every run of a sweep would pay the compiler's
+    start-up (a 20-step MDLM test run: 3.9 s compiled against 0.4 s eager), against a per-run
+    overhead budget of 3 s, for the small gain of fusing a tiny model's elementwise work."""
     if compile_mode == "auto":
         return device.startswith("cuda")
     return bool(compile_mode)
