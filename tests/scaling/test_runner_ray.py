@@ -111,10 +111,11 @@ def test_sweep_then_idempotent_rerun(sweep):
 
 def _running_run_with_checkpoint(root: Path):
     for run_dir in (root / "runs").glob("*"):
-        ckpt = run_dir / "checkpoints"
+        # latest.json is written once a checkpoint is complete (trainers/checkpoint.py): a step
+        # folder alone may be a save in progress, which a retry rightly ignores.
+        pointer = run_dir / "checkpoints" / "latest.json"
         pid_file = run_dir / "worker.pid"
-        if (ckpt.is_dir() and any(ckpt.iterdir()) and pid_file.exists()
-                and not (run_dir / "result.json").exists()):
+        if pointer.exists() and pid_file.exists() and not (run_dir / "result.json").exists():
             return run_dir, int(pid_file.read_text())
     return None
 
