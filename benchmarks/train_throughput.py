@@ -267,7 +267,7 @@ def peak_flops(name: str, override: float | None) -> float | None:
 def run_gpu(args) -> None:
     import torch
 
-    from scaling.flops import count_paper_flops_params
+    from scaling.flops import compute_forward_flops_per_token
 
     args.n_layers, args.d_model, args.n_heads, args.vocab, args.seq = 12, 768, 12, 32001, 2048
     name = torch.cuda.get_device_name()
@@ -275,10 +275,11 @@ def run_gpu(args) -> None:
     print(f"gpu: {name}; {args.family} 113M shape (12 x 768, vocab 32001), micro-batch {micro} x "
           f"2048, bf16 autocast, compile {args.compile}, attention {args.attention}", flush=True)
     rates = measure(args, "cuda:0", "bf16", micro)
-    n_prime = count_paper_flops_params(12, 768, 32001)
-    # PaLM's MFU (Chowdhery et al. 2022, appendix B) also counts attention's score and value
-    # matmuls: 6 N + 12 L d T FLOPs per token, T = sequence length (the full T x T, causal or not).
-    attention_flops_per_token = 12 * 12 * 768 * 2048
+    # Training FLOPs per token: 6 N' (paper convention), and PaLM's MFU (Chowdhery et al. 2022,
+    # appendix B), which adds attention's score and value matmuls over the full T x T, causal or
+    # not: 6 N' + 12 L d T, the `full` convention of scaling/flops.py.
+    paper, palm = (3 * compute_forward_flops_per_token(12, 768, 32001, 2048, convention)
+                   for convention in ("paper", "full"))
     peak = peak_flops(name, args.peak_flops)
     print(f"gpu_deepspeed_tokens_per_s {rates['deepspeed']:.0f}")
     if not args.no_plain:
@@ -288,8 +289,8 @@ def run_gpu(args) -> None:
     if peak is None:
         print(f"mfu nan  (unknown peak for {name!r}; pass --peak-flops)")
     else:
-        print(f"mfu {6 * n_prime * rates['deepspeed'] / peak:.3f}")
-        print(f"mfu_palm {(6 * n_prime + attention_flops_per_token) * rates['deepspeed'] / peak:.3f}")
+        print(f"mfu {paper * rates['deepspeed'] / peak:.3f}")
+        print(f"mfu_palm {palm * rates['deepspeed'] / peak:.3f}")
 
 
 def parse_args(argv=None):

@@ -29,6 +29,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from trainers.backbone import forbid_token
+
 CompileMode = Literal["auto"] | bool
 AttentionBackend = Literal["auto", "default", "cudnn", "flash", "efficient"]
 _STATE: dict = {"compile": False, "attention": "auto"}
@@ -50,10 +52,6 @@ def configure(compile_mode: CompileMode, device: str, attention: AttentionBacken
     return _STATE["compile"]
 
 
-def compile_enabled() -> bool:
-    return _STATE["compile"]
-
-
 def compile_blocks(model: torch.nn.Module) -> None:
     """Compile each transformer block in place (state_dict keys unchanged, so checkpoints and
     save_pretrained are the same as eager)."""
@@ -65,14 +63,11 @@ def compile_blocks(model: torch.nn.Module) -> None:
 
 
 def _cross_entropy_without(logits: torch.Tensor, targets: torch.Tensor, token_id: int) -> torch.Tensor:
-    from trainers.backbone import forbid_token
-
     return F.cross_entropy(forbid_token(logits, token_id), targets, reduction="none")
 
 
 def _duo_nelbo_from_logits(logits, xt, x0, alpha_t, dalpha_t, n_real: int, token_id: int):
-    from trainers.backbone import forbid_token
-    from trainers.families.duo import duo_nelbo_per_token
+    from trainers.families.duo import duo_nelbo_per_token  # duo.py imports this module
 
     log_x_theta = torch.log_softmax(forbid_token(logits, token_id), dim=-1)
     return duo_nelbo_per_token(log_x_theta, xt, x0, alpha_t, dalpha_t, n_real)

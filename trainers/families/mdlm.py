@@ -18,10 +18,8 @@ Validation always reports the NELBO.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from trainers import kernels, noise
-from trainers.backbone import forbid_token
 from trainers.families.base import Family
 from trainers.families.registry import MDLMOptions, get_entry
 from trainers.samplers import mdlm as sampler
@@ -40,8 +38,7 @@ def mask_tokens(tokens: torch.Tensor, alpha_t: torch.Tensor, mask_token_id: int,
 def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, scored: torch.Tensor,
                          mask_token_id: int) -> torch.Tensor:
     """FloatTensor[B, L]: -log p(target) under SUBS ([MASK] never predicted) where `scored`, else 0."""
-    log_p = forbid_token(logits, mask_token_id)
-    nats = F.cross_entropy(log_p.flatten(0, 1), targets.flatten(), reduction="none")
+    nats = kernels.cross_entropy_without(logits.flatten(0, 1), targets.flatten(), mask_token_id)
     return torch.where(scored, nats.view_as(targets), 0.0)
 
 
