@@ -26,9 +26,11 @@ def test_auto_compiles_on_gpus_only():
 
 
 def test_attention_context_is_a_no_op_on_cpu():
-    with kernels.attention_context("cpu", "cudnn"):
-        q = torch.randn(1, 2, 5, 8)
-        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    q = torch.randn(1, 2, 5, 8, generator=torch.Generator().manual_seed(0))
+    want = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    with kernels.attention_context("cpu", "cudnn"):  # a GPU backend asked for on a CPU: ignored
+        got = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    assert torch.equal(got, want)
 
 
 def test_compiled_loss_heads_equal_eager(compiled):
