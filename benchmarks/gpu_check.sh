@@ -6,7 +6,9 @@
 # convention, and PaLM's with attention), then the paper sweep's GPU-hours estimated from the
 # measured AR throughput. `NO_PLAIN=1 ROUNDS=2 STEPS=30` took about 3 minutes on an H200 (2026-11-27);
 # the defaults also time the plain-PyTorch loop, about twice that (estimated, not timed).
-# COMPILE=off|blocks|whole and ATTENTION=auto|default|cudnn|flash pick other paths.
+# COMPILE=off|blocks|whole and ATTENTION=auto|default|cudnn|flash pick other paths; GLOBAL_BATCH
+# (default 256, the paper's recipe: 16 micro-batches of 16 accumulated per optimizer step) and
+# DS_OVERRIDES (JSON merged into the DeepSpeed config, e.g. bf16 weights) the run's recipe.
 #
 #   bash benchmarks/gpu_check.sh            # uses `python3` (or $PYTHON)
 #
@@ -17,14 +19,16 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export DS_ACCELERATOR=cuda TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 ROUNDS=${ROUNDS:-3}
-STEPS=${STEPS:-40}
+STEPS=${STEPS:-4}  # optimizer steps per timed round, GLOBAL_BATCH / 16 micro-batches each
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 declare -A TPS MFU PALM
 for family in ar mdlm duo esolm; do
   echo "== $family"
   out=$($PY benchmarks/train_throughput.py --part gpu --family "$family" --rounds "$ROUNDS" \
-        --steps "$STEPS" --micro-batch "${MICRO_BATCH:-16}" --compile "${COMPILE:-blocks}" \
-        --attention "${ATTENTION:-auto}" ${NO_PLAIN:+--no-plain} 2>&1 | grep -v -i warn)
+        --steps "$STEPS" --warmup-steps 1 --micro-batch "${MICRO_BATCH:-16}" \
+        --global-batch "${GLOBAL_BATCH:-256}" --compile "${COMPILE:-blocks}" \
+        --attention "${ATTENTION:-auto}" ${NO_PLAIN:+--no-plain} \
+        ${DS_OVERRIDES:+--deepspeed-overrides "$DS_OVERRIDES"} 2>&1 | grep -v -i warn)
   echo "$out"
   TPS[$family]=$(echo "$out" | awk '/^gpu_deepspeed_tokens_per_s/ {print $2}')
   MFU[$family]=$(echo "$out" | awk '/^mfu / {print $2}')

@@ -7,8 +7,11 @@
 #   bash benchmarks/gpu_variants.sh                 # every variant below, about 7 minutes on an H200
 #   VARIANTS="ar:blocks:cudnn:16 mdlm:blocks:flash:16" bash benchmarks/gpu_variants.sh
 #
-# A variant is family:compile:attention:micro_batch (benchmarks/train_throughput.py --compile,
-# --attention, --micro-batch). Variants stop being started once BUDGET_S seconds have passed.
+# A variant is family:compile:attention:micro_batch[:global_batch[:options]]
+# (benchmarks/train_throughput.py --compile, --attention, --micro-batch, --global-batch); options,
+# joined by '+': bf16w (DeepSpeed's bf16 mode: bf16 weights, fp32 master weights in the optimizer,
+# instead of autocast), dsclip (DeepSpeed's own gradient clipping). Variants stop being started once
+# BUDGET_S seconds have passed. PROFILE_STEPS optimizer steps are profiled (default 3).
 # DS_OVERRIDES (JSON) is merged into every variant's DeepSpeed config, e.g. bf16 weights (the next
 # thing to measure, benchmarks/GPU_NOTES.md):
 #   DS_OVERRIDES='{"bf16": {"enabled": true}, "torch_autocast": {"enabled": false}}' \
@@ -26,13 +29,18 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,no
 start=$(date +%s)
 summary=()
 for v in $VARIANTS; do
-  IFS=: read -r family compile attention micro <<<"$v"
+  IFS=: read -r family compile attention micro global opts <<<"$v"
+  extra=()
+  [[ -n "${global:-}" ]] && extra+=(--global-batch "$global")
+  [[ "+${opts:-}+" == *+bf16w+* ]] && extra+=(--deepspeed-overrides '{"bf16": {"enabled": true}, "torch_autocast": {"enabled": false}}')
+  [[ "+${opts:-}+" == *+dsclip+* ]] && extra+=(--deepspeed-clip)
   if (( $(date +%s) - start > BUDGET_S )); then summary+=("$v skipped (budget)"); continue; fi
-  log="$LOG_DIR/${family}_${compile}_${attention}_${micro}.log"
+  log="$LOG_DIR/$(echo "$v" | tr ':+' '__').log"
   t0=$(date +%s)
   timeout ${VARIANT_TIMEOUT_S:-150} $PY benchmarks/train_throughput.py --part gpu --family "$family" --compile "$compile" \
     --attention "$attention" --micro-batch "$micro" --rounds "${ROUNDS:-2}" --steps "${STEPS:-20}" \
-    --no-plain --profile-steps 3 --profile-top 8 ${DS_OVERRIDES:+--deepspeed-overrides "$DS_OVERRIDES"} \
+    --no-plain --profile-steps "${PROFILE_STEPS:-3}" --profile-top 8 "${extra[@]}" \
+    ${DS_OVERRIDES:+--deepspeed-overrides "$DS_OVERRIDES"} \
     >"$log" 2>&1
   rc=$?
   grep -v -i -E "warn|^\s*$" "$log" | grep -E "^(gpu|profile|  |    |mfu|peak|Traceback|[A-Za-z]*Error)" | head -30

@@ -62,9 +62,10 @@ def synthetic_data(n_blocks: int, seq_len: int, vocab_size: int):
 
 
 def plain_steps(model, optimizer, family, data, cfg, first: int, last: int, device: str,
-                precision: str) -> float:
-    """The same per-step work as trainers.engine.train_steps, without DeepSpeed; returns the loss
-    of the last step (read once: a sync, like the engine's end-of-round log row)."""
+                precision: str, micro: int | None = None) -> float:
+    """The same per-step work as trainers.engine.train_steps, without DeepSpeed (micro-batches of
+    `micro` sequences accumulated to the global batch); returns the loss of the last micro-batch
+    (read once: a sync, like the engine's end-of-round log row)."""
     import torch
 
     from trainers.data import train_batch
@@ -73,26 +74,29 @@ def plain_steps(model, optimizer, family, data, cfg, first: int, last: int, devi
     from trainers.noise import sample_stratified_times
 
     batch = cfg.global_batch_seqs
+    micro = micro or batch
     params = [p for p in model.parameters()]
     for step in range(first, last):
         lr = cfg.lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        tokens = train_batch(data, step, batch, cfg.seed, start=0, count=batch).to(device, non_blocking=True)
-        time_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step, TIME_STREAM))
-        t = sample_stratified_times(batch, 0, batch, time_gen).to(device)
-        gen = torch.Generator(torch.device(device))
-        gen.manual_seed(derive_seed(cfg.seed, step, CORRUPT_STREAM, 0))
-        with autocast_context(precision, device), attention_context(device):
-            loss = family.training_loss(model, tokens, t, gen)
-        loss.backward()
+        for start in range(0, batch, micro):
+            tokens = train_batch(data, step, batch, cfg.seed, start=start, count=micro).to(
+                device, non_blocking=True)
+            time_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step, TIME_STREAM))
+            t = sample_stratified_times(batch, start, micro, time_gen).to(device)
+            gen = torch.Generator(torch.device(device))
+            gen.manual_seed(derive_seed(cfg.seed, step, CORRUPT_STREAM, start))
+            with autocast_context(precision, device), attention_context(device):
+                loss = family.training_loss(model, tokens, t, gen)
+            (loss * (micro / batch)).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return loss.detach().item()
 
 
-def build_pair(args, device: str, precision: str, micro_batch: int):
+def build_pair(args, device: str, precision: str, micro_batch: int, global_batch: int | None = None):
     """(family, model for DeepSpeed, plain copy, plain optimizer, data, LoopConfig factory)."""
     import torch
 
@@ -108,16 +112,17 @@ def build_pair(args, device: str, precision: str, micro_batch: int):
     model = build_model(args.n_layers, args.d_model, args.n_heads, args.vocab,
                         attention=get_entry(args.family).attention, mask_token_id=1)
     plain = copy.deepcopy(model).to(device)
-    recipe = Recipe(global_batch_seqs=micro_batch, seq_len=args.seq, precision=precision,
+    global_batch = global_batch or micro_batch
+    recipe = Recipe(global_batch_seqs=global_batch, seq_len=args.seq, precision=precision,
                     lr_peak=1e-3, lr_min=1e-4)
     plain_opt = build_optimizer(plain, recipe, device)
-    data = synthetic_data(max(4 * micro_batch, 64), args.seq, args.vocab)
+    data = synthetic_data(max(4 * global_batch, 64), args.seq, args.vocab)
     fwd = compute_forward_flops_per_token(args.n_layers, args.d_model, args.vocab, args.seq)
 
     def loop_config(total_steps: int) -> LoopConfig:
         return LoopConfig(total_steps=total_steps, warmup_steps=0, lr_peak=1e-3, lr_min=1e-4, seed=1,
-                          seq_len=args.seq, global_batch_seqs=micro_batch, log_every_steps=10**9,
-                          checkpoint_every_steps=0, flops_per_step=3 * fwd * args.seq * micro_batch)
+                          seq_len=args.seq, global_batch_seqs=global_batch, log_every_steps=10**9,
+                          checkpoint_every_steps=0, flops_per_step=3 * fwd * args.seq * global_batch)
 
     return family, model, plain, plain_opt, recipe, data, loop_config
 
@@ -141,8 +146,10 @@ def fit_micro_batch(args, device: str, precision: str) -> int:
     raise SystemExit("not even one sequence fits on this GPU")
 
 
-def measure(args, device: str, precision: str, micro_batch: int) -> dict[str, float]:
-    """Interleaved rounds of the DeepSpeed loop and the plain loop; median tokens/s of each."""
+def measure(args, device: str, precision: str, micro_batch: int,
+            global_batch: int | None = None) -> dict[str, float]:
+    """Interleaved rounds of the DeepSpeed loop and the plain loop; median tokens/s of each. A step
+    is one optimizer step over global_batch sequences (default: one micro-batch)."""
     import torch
 
     from trainers.dist import import_deepspeed, prepare_process
@@ -159,12 +166,15 @@ def measure(args, device: str, precision: str, micro_batch: int) -> dict[str, fl
     from deepspeed.utils import logger
 
     logger.setLevel(logging.WARNING)
+    global_batch = global_batch or micro_batch
     family, model, plain, plain_opt, recipe, data, loop_config = build_pair(args, device, precision,
-                                                                          micro_batch)
-    plan = plan_batches(micro_batch, None, 1)
+                                                                          micro_batch, global_batch)
+    plan = plan_batches(global_batch, micro_batch, 1)
     overrides = json.loads(args.deepspeed_overrides) if args.deepspeed_overrides else {}
     config = build_deepspeed_config(recipe, Resources(deepspeed_overrides=overrides), plan, precision)
     engine, optimizer = initialize_engine(deepspeed, model, recipe, config, device)
+    if args.deepspeed_clip and "clip_fp32_gradients" in vars(engine):
+        del engine.clip_fp32_gradients  # back to DeepSpeed's own (trainers/engine.clip_gradients)
     if args.compile == "blocks":  # the product's path (trainers/kernels.py)
         compile_blocks(engine.module)
         compile_blocks(plain)
@@ -176,7 +186,7 @@ def measure(args, device: str, precision: str, micro_batch: int) -> dict[str, fl
         if device != "cpu":
             torch.cuda.synchronize()
 
-    tokens_per_round = args.steps * micro_batch * args.seq
+    tokens_per_round = args.steps * global_batch * args.seq
     ds_rates, plain_rates, step = [], [], 0
     for round_index in range(args.rounds + 1):  # round 0 warms up (allocator, autotuning, compile)
         first, last = step, step + (args.warmup_steps if round_index == 0 else args.steps)
@@ -188,7 +198,7 @@ def measure(args, device: str, precision: str, micro_batch: int) -> dict[str, fl
         t1 = time.perf_counter()
         if not args.no_plain:
             plain_steps(plain, plain_opt, family, data, loop_config(last), first, last, device,
-                        precision)
+                        precision, micro_batch)
         sync()
         t2 = time.perf_counter()
         step = last
@@ -232,16 +242,18 @@ def profile_steps(args, engine, optimizer, family, data, loop_config, plan, devi
     rows = [(e.key, e.device_time_total, e.count) for e in prof.key_averages()
             if e.device_type == torch.autograd.DeviceType.CUDA and e.device_time_total > 0]
     total = sum(t for _, t, _ in rows)
-    per_step = lambda us: us / 1e3 / args.profile_steps  # noqa: E731 - ms per step
-    print(f"profile: {args.profile_steps} steps, wall {1e3 * wall / args.profile_steps:.1f} ms/step, "
-          f"kernels {per_step(total):.1f} ms/step")
+    n_micro = args.profile_steps * plan.accumulation_steps  # forward/backward passes profiled
+    per_step = lambda us: us / 1e3 / n_micro  # noqa: E731 - ms per micro-batch
+    print(f"profile: {args.profile_steps} steps x {plan.accumulation_steps} micro-batches; per "
+          f"micro-batch: wall {1e3 * wall / n_micro:.1f} ms, kernels {per_step(total):.1f} ms "
+          "(the rows below are ms per micro-batch too)")
     categories: dict[str, float] = {}
     for key, t, _ in rows:
         categories[kernel_category(key)] = categories.get(kernel_category(key), 0.0) + t
     for key, t in sorted(categories.items(), key=lambda kv: -kv[1]):
         print(f"  {key:<36s} {per_step(t):7.2f} ms/step {100 * t / total:5.1f}%")
     for key, t, count in sorted(rows, key=lambda r: -r[1])[:args.profile_top]:
-        print(f"    {per_step(t):7.2f} ms {count // args.profile_steps:4d}x  {key[:100]}")
+        print(f"    {per_step(t):7.2f} ms {count / n_micro:6.1f}x  {key[:100]}")
 
 
 def run_cpu(args) -> None:
@@ -272,9 +284,16 @@ def run_gpu(args) -> None:
     args.n_layers, args.d_model, args.n_heads, args.vocab, args.seq = 12, 768, 12, 32001, 2048
     name = torch.cuda.get_device_name()
     micro = fit_micro_batch(args, "cuda:0", "bf16")
+    global_batch = args.global_batch or micro
+    if global_batch % micro:
+        raise SystemExit(f"--global-batch {global_batch} is not a multiple of the micro-batch {micro}")
+    overrides = json.loads(args.deepspeed_overrides) if args.deepspeed_overrides else {}
+    precision = "bf16 weights" if overrides.get("bf16", {}).get("enabled") else "bf16 autocast"
     print(f"gpu: {name}; {args.family} 113M shape (12 x 768, vocab 32001), micro-batch {micro} x "
-          f"2048, bf16 autocast, compile {args.compile}, attention {args.attention}", flush=True)
-    rates = measure(args, "cuda:0", "bf16", micro)
+          f"2048, global batch {global_batch} ({global_batch // micro} micro-batches per optimizer "
+          f"step), {precision}, compile {args.compile}, attention {args.attention}, clip "
+          f"{'deepspeed' if args.deepspeed_clip else 'foreach'}", flush=True)
+    rates = measure(args, "cuda:0", "bf16", micro, global_batch)
     # Training FLOPs per token: 6 N' (paper convention), and PaLM's MFU (Chowdhery et al. 2022,
     # appendix B), which adds attention's score and value matmuls over the full T x T, causal or
     # not: 6 N' + 12 L d T, the `full` convention of scaling/flops.py.
@@ -310,6 +329,12 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=30, help="steps per timed round")
     p.add_argument("--warmup-steps", type=int, default=5, help="steps of the untimed first round")
     p.add_argument("--micro-batch", type=int, default=16, help="GPU: largest micro-batch to try")
+    p.add_argument("--global-batch", type=int, default=None,
+                   help="GPU: sequences per optimizer step, accumulated over micro-batches (the "
+                        "paper's recipe: 256); default one micro-batch")
+    p.add_argument("--deepspeed-clip", action="store_true",
+                   help="GPU: DeepSpeed's own per-parameter gradient clipping instead of "
+                        "trainers/engine.clip_gradients (to measure the difference)")
     p.add_argument("--compile", choices=("off", "blocks", "whole"), default="off",
                    help="blocks: the product's compiled blocks and loss heads (trainers/kernels.py, "
                         "resources.compile); whole: the backbone as one graph")

@@ -158,6 +158,12 @@ def initialize_engine(deepspeed, model: torch.nn.Module, recipe, config: dict[st
     model.to(device)
     optimizer = build_optimizer(model, recipe, device)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    if device.startswith("cuda") and _deepspeed_clips_per_parameter(engine):
+        # DeepSpeed's clip (runtime/utils.clip_grad_norm_) takes one norm kernel and one multiply
+        # per parameter and builds two host tensors on the device, each a stream synchronisation
+        # that leaves the GPU idle until the host catches up. Same maths, no host round trip.
+        max_norm = engine.gradient_clipping()
+        engine.clip_fp32_gradients = lambda: clip_gradients(engine.module.parameters(), max_norm)
     if engine.dp_world_size == 1 and engine.zero_optimization_stage() == 0:
         # One worker, no ZeRO: the gradient all-reduce after backward averages over a world of
         # one, yet flattens and copies every gradient (~3 ms of a ~50 ms step of the smallest demo
@@ -165,6 +171,30 @@ def initialize_engine(deepspeed, model: torch.nn.Module, recipe, config: dict[st
         # same way.
         engine.enable_backward_allreduce = False
     return engine, optimizer
+
+
+def _deepspeed_clips_per_parameter(engine) -> bool:
+    """Whether engine.step clips through engine.clip_fp32_gradients (ZeRO 0, fp32 master weights
+    held by our own optimizer); ZeRO and DeepSpeed's bf16/fp16 optimizers clip their own buffers."""
+    return (engine.gradient_clipping() > 0 and not engine.zero_optimization()
+            and not engine.bfloat16_enabled() and not engine.fp16_enabled())
+
+
+@torch.no_grad()
+def clip_gradients(parameters, max_norm: float) -> torch.Tensor:
+    """Scale the gradients so that their global L2 norm is at most max_norm; returns the norm
+    before clipping. DeepSpeed's clip_fp32_gradients without a device sync: foreach kernels, and
+    the coefficient min(1, max_norm / (norm + 1e-6)) stays on the device. Under ZeRO 0 the
+    gradients are already averaged over the workers when it runs, so the local norm is the global
+    one (DeepSpeed all-reduces identical norms)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norms = torch._foreach_norm([g.float() if g.dtype != torch.float32 else g for g in grads])
+    total = torch.stack(norms).square().sum().sqrt()
+    coefficient = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    torch._foreach_mul_(grads, coefficient.to(grads[0].dtype))
+    return total
 
 
 # ---------------------------------------------------------------- the loop
@@ -264,16 +294,23 @@ class _StepRunner:
         self._train_batch, self._times = train_batch, sample_stratified_times
         self._attention = lambda: attention_context(device)
 
+    def _to_device(self, host: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the run's device. On a GPU through pinned memory: a copy from pageable
+        memory (and any .to() without non_blocking) makes the host wait for the GPU's queue."""
+        if self.gen_device.type != "cuda":
+            return host
+        return host.pin_memory().to(self.device, non_blocking=True)
+
     def __call__(self, step: int) -> torch.Tensor:
         """Run step `step`; its loss (mean over micro-batches), left on the device."""
         cfg, total = self.cfg, None
         for start in self.starts:
-            tokens = self._train_batch(self.data, step, cfg.global_batch_seqs, cfg.seed, start=start,
-                                       count=self.micro).to(self.device, non_blocking=True)
+            tokens = self._to_device(self._train_batch(self.data, step, cfg.global_batch_seqs, cfg.seed,
+                                                       start=start, count=self.micro))
             t = self.zeros_t
             if self.family.needs_time:  # one u for the global batch: the same seed on every worker
                 time_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step, TIME_STREAM))
-                t = self._times(cfg.global_batch_seqs, start, self.micro, time_gen).to(self.device)
+                t = self._to_device(self._times(cfg.global_batch_seqs, start, self.micro, time_gen))
             gen = torch.Generator(self.gen_device).manual_seed(
                 derive_seed(cfg.seed, step, CORRUPT_STREAM, start))
             with autocast_context(self.precision, self.device), self._attention():

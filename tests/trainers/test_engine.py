@@ -15,7 +15,7 @@ import pytest
 from scaling.errors import UserError
 from scaling.schema import Recipe, Resources
 from trainers.checkpoint import LATEST, checkpoint_interval, checkpoint_tag, latest_checkpoint
-from trainers.engine import (DivergedError, LoopState, _check_finite, build_deepspeed_config,
+from trainers.engine import (DivergedError, clip_gradients, LoopState, _check_finite, build_deepspeed_config,
                              deep_merge, derive_seed, plan_batches, resolve_precision)
 from trainers.records import MetricsLog, atomic_write_json, read_jsonl
 from trainers.schedule import compute_lr
@@ -210,3 +210,24 @@ def test_unknown_run_id_suggests_the_plan(tmp_path):
     sweep = Path(__file__).resolve().parents[2] / "sweeps" / "demo.yaml"
     with pytest.raises(UserError, match="is not a run of .*scaling plan"):
         resolve_run(parser.parse_args([str(sweep), "--run-id", "nope"]))
+
+
+@pytest.mark.parametrize("scale", [3.0, 0.01])  # clipped, and left alone (norm below max_norm)
+def test_clip_gradients_is_the_usual_global_norm_clip(scale):
+    """The GPU path's sync-free clip (trainers/engine.clip_gradients) against torch's reference
+    clip_grad_norm_, which has DeepSpeed's formula: min(1, max_norm / (norm + 1e-6))."""
+    import torch
+
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(shape)) for shape in [(5, 3), (7,), (2, 2, 2), (4,)]]
+    for p in ours[:3]:  # the last has no gradient, as a frozen parameter
+        p.grad = scale * torch.randn_like(p)
+    reference = [p.detach().clone().requires_grad_() for p in ours]
+    for r, p in zip(reference, ours):
+        r.grad = None if p.grad is None else p.grad.clone()
+    norm = clip_gradients(ours, 1.0)
+    expected = torch.nn.utils.clip_grad_norm_(reference, 1.0, foreach=False)
+    assert norm.item() == pytest.approx(expected.item(), rel=1e-6)
+    for p, r in zip(ours[:3], reference[:3]):
+        torch.testing.assert_close(p.grad, r.grad, rtol=1e-6, atol=0)
+    assert ours[3].grad is None
