@@ -4,8 +4,10 @@
 # project's DeepSpeed loop with the GPU defaults of a run (compiled blocks and loss heads, cuDNN
 # attention on Hopper: trainers/kernels.py), print tokens/s and model FLOPs utilisation (paper
 # convention, and PaLM's with attention), then the paper sweep's GPU-hours estimated from the
-# measured AR throughput. `NO_PLAIN=1 ROUNDS=2 STEPS=30` took about 3 minutes on an H200 (2026-11-27);
-# the defaults also time the plain-PyTorch loop, about twice that (estimated, not timed).
+# measured AR throughput. `NO_PLAIN=1 ROUNDS=2 STEPS=3` took 207 s on an H100 (2026-11-27: about 40 s
+# of compilation per family); the defaults (3 rounds of 4 optimizer steps = 208 micro-batches with
+# the warm-up, and the plain-PyTorch loop as many again) should take about 6 minutes (estimated, not
+# timed).
 # COMPILE=off|blocks|whole and ATTENTION=auto|default|cudnn|flash pick other paths; GLOBAL_BATCH
 # (default 256, the paper's recipe: 16 micro-batches of 16 accumulated per optimizer step) and
 # DS_OVERRIDES (JSON merged into the DeepSpeed config, e.g. bf16 weights) the run's recipe.

@@ -18,11 +18,13 @@ REFERENCE_SHAPE = (12, 768)  # the 113M shape of the paper ladder
 REFERENCE_VOCAB = 32001
 REFERENCE_SEQ = 2048
 HOPPER_BF16_PEAK_FLOPS = 989e12  # dense bf16, H100/H200 SXM datasheet
-# Default when no throughput is given: AR on the 113M shape, measured with the project's GPU
-# defaults (compiled blocks and loss heads, cuDNN attention) by benchmarks/gpu_check.sh on one
-# H200, 2026-11-27 (26.4% MFU); MDLM measured the same, Duo 328K, Eso-LM 438K tokens/s.
-MEASURED_TOKENS_PER_SECOND = 396_709.0
-MEASURED_ON = "AR on one H200, benchmarks/gpu_check.sh, 2026-11-27"
+# Default when no throughput is given: AR on the 113M shape with a run's GPU defaults (bf16
+# autocast, compiled blocks and loss heads, cuDNN attention) at the paper's global batch (256 x 2048,
+# 16 micro-batches of 16 accumulated), measured by benchmarks/gpu_variants.sh on one H100 80GB HBM3,
+# 2026-11-27 (25.2% MFU). bf16 weights (DeepSpeed's bf16 mode) were 5% faster on the same card:
+# AR 397K, MDLM 394K, Duo 314K, Eso-LM 432K tokens/s (benchmarks/GPU_NOTES.md).
+MEASURED_TOKENS_PER_SECOND = 378_620.0
+MEASURED_ON = "AR on one H100, bf16 autocast, global batch 256 x 2048, 2026-11-27"
 
 
 def reference_flops_per_token() -> float:
