@@ -12,8 +12,8 @@
 # joined by '+': bf16w (DeepSpeed's bf16 mode: bf16 weights, fp32 master weights in the optimizer,
 # instead of autocast), dsclip (DeepSpeed's own gradient clipping). Variants stop being started once
 # BUDGET_S seconds have passed. PROFILE_STEPS optimizer steps are profiled (default 3).
-# DS_OVERRIDES (JSON) is merged into every variant's DeepSpeed config, e.g. bf16 weights (the next
-# thing to measure, benchmarks/GPU_NOTES.md):
+# DS_OVERRIDES (JSON) is merged into every variant's DeepSpeed config (it wins over the bf16w
+# option), e.g. bf16 weights for every variant:
 #   DS_OVERRIDES='{"bf16": {"enabled": true}, "torch_autocast": {"enabled": false}}' \
 #     VARIANTS="ar:blocks:auto:16" bash benchmarks/gpu_variants.sh
 set -uo pipefail
