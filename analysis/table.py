@@ -63,6 +63,9 @@ def read_table(path: Path) -> pd.DataFrame:
         raise UserError(f"{path}: no results.parquet or results.csv; pass a sweep output directory (scaling run writes them)")
     if not path.is_file():
         raise UserError(f"{path}: no such file or directory")
+    if path.suffix in (".yaml", ".yml"):  # the commonest slip: the sweep file for its results
+        raise UserError(f"{path}: a sweep file, not a results table; pass the sweep's output "
+                        "directory (<output_dir>/<name>, e.g. outputs/demo) or its results.parquet")
     try:
         return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     except (ValueError, OSError, pd.errors.ParserError) as exc:

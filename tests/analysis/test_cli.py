@@ -109,6 +109,11 @@ def test_missing_file_is_a_user_error(tmp_path):
         run(["fit", str(tmp_path)])
 
 
+def test_a_sweep_file_in_place_of_its_results_names_the_fix(repo):
+    with pytest.raises(UserError, match=r"a sweep file, not a results table; pass the sweep's output directory"):
+        run(["fit", str(repo / "sweeps" / "demo.yaml")])
+
+
 def test_unknown_column_in_columns_is_a_user_error(chinchilla_csv):
     with pytest.raises(UserError, match="unknown column 'Model Sise'"):
         run(["fit", "--csv", str(chinchilla_csv), "--columns", "n_params=Model Sise,flops=Training FLOP"])
