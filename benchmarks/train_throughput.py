@@ -170,8 +170,8 @@ def measure(args, device: str, precision: str, micro_batch: int,
     family, model, plain, plain_opt, recipe, data, loop_config = build_pair(args, device, precision,
                                                                           micro_batch, global_batch)
     plan = plan_batches(global_batch, micro_batch, 1)
-    overrides = json.loads(args.deepspeed_overrides) if args.deepspeed_overrides else {}
-    config = build_deepspeed_config(recipe, Resources(deepspeed_overrides=overrides), plan, precision)
+    config = build_deepspeed_config(recipe, Resources(deepspeed_overrides=args.deepspeed_overrides),
+                                    plan, precision)
     engine, optimizer = initialize_engine(deepspeed, model, recipe, config, device)
     if args.deepspeed_clip and "clip_fp32_gradients" in vars(engine):
         del engine.clip_fp32_gradients  # back to DeepSpeed's own (trainers/engine.clip_gradients)
@@ -287,8 +287,8 @@ def run_gpu(args) -> None:
     global_batch = args.global_batch or micro
     if global_batch % micro:
         raise SystemExit(f"--global-batch {global_batch} is not a multiple of the micro-batch {micro}")
-    overrides = json.loads(args.deepspeed_overrides) if args.deepspeed_overrides else {}
-    precision = "bf16 weights" if overrides.get("bf16", {}).get("enabled") else "bf16 autocast"
+    bf16_weights = args.deepspeed_overrides.get("bf16", {}).get("enabled")
+    precision = "bf16 weights" if bf16_weights else "bf16 autocast"
     print(f"gpu: {name}; {args.family} 113M shape (12 x 768, vocab 32001), micro-batch {micro} x "
           f"2048, global batch {global_batch} ({global_batch // micro} micro-batches per optimizer "
           f"step), {precision}, compile {args.compile}, attention {args.attention}, clip "
@@ -341,7 +341,7 @@ def parse_args(argv=None):
     p.add_argument("--attention", choices=("auto", "default", "cudnn", "flash", "efficient"),
                    default="auto", help="scaled_dot_product_attention backend (trainers/kernels.py)")
     p.add_argument("--no-plain", action="store_true", help="time the DeepSpeed loop only")
-    p.add_argument("--deepspeed-overrides", default=None,
+    p.add_argument("--deepspeed-overrides", type=json.loads, default={},
                    help="JSON merged into the DeepSpeed config, as resources.deepspeed_overrides "
                         "(e.g. bf16 weights: '{\"bf16\": {\"enabled\": true}, "
                         "\"torch_autocast\": {\"enabled\": false}}')")

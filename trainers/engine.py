@@ -192,7 +192,7 @@ def clip_gradients(parameters, max_norm: float) -> torch.Tensor:
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    norms = torch._foreach_norm([g.float() if g.dtype != torch.float32 else g for g in grads])
+    norms = torch._foreach_norm([g.float() for g in grads])  # .float() of float32 is itself
     total = torch.stack(norms).square().sum().sqrt()
     coefficient = (max_norm / (total + 1e-6)).clamp(max=1.0)
     torch._foreach_mul_(grads, coefficient.to(grads[0].dtype))

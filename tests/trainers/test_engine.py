@@ -214,7 +214,7 @@ def test_unknown_run_id_suggests_the_plan(tmp_path):
 
 @pytest.mark.parametrize("scale", [3.0, 0.01])  # clipped, and left alone (norm below max_norm)
 def test_clip_gradients_is_the_usual_global_norm_clip(scale):
-    """The GPU path's sync-free clip (trainers/engine.clip_gradients) against torch's reference
+    """The sync-free clip every ZeRO-0 run uses (trainers/engine.clip_gradients) against torch's reference
     clip_grad_norm_, which has DeepSpeed's formula: min(1, max_norm / (norm + 1e-6))."""
     import torch
 
