@@ -16,19 +16,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--estimate", action="store_true",
                    help="also estimate accelerator hours per family from a throughput")
     p.add_argument("--tokens-per-second", type=float, default=None,
-                   help="training throughput per GPU for the 113M shape used by --estimate "
-                        "(default: the documented assumption in scaling/estimate.py)")
+                   help="training throughput per GPU for the 113M shape; implies --estimate "
+                        "(default: the H100 figure measured in scaling/estimate.py)")
     p.set_defaults(func=run_plan)
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    from scaling.errors import UserError
+    from scaling.estimate import render_estimate, resolve_tokens_per_second
     from scaling.plan import render_csv, render_json, render_table
     from scaling.sweepfile import load_plan
 
+    try:
+        resolve_tokens_per_second(args.tokens_per_second)
+    except ValueError as err:
+        raise UserError(f"--tokens-per-second: {err}; give a measured throughput "
+                        f"(benchmarks/gpu_check.sh prints one)") from None
     sweep, plan = load_plan(args.sweep)
     render = {"csv": render_csv, "json": render_json}.get(args.format)
     print(render(plan) if render else render_table(plan, sweep.name), end="\n" if not render else "")
-    if args.estimate:
-        from scaling.estimate import render_estimate
+    if args.estimate or args.tokens_per_second is not None:
         print(render_estimate(plan, args.tokens_per_second))
     return 0

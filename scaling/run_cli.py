@@ -50,11 +50,22 @@ def print_decisions(decisions) -> None:
     print("would " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
+def check_counts(args: argparse.Namespace) -> None:
+    """--max-concurrent 0 would read as "no limit" and --num-cpus 0 as a Ray that never schedules a
+    run: both are refused before anything starts."""
+    from scaling.errors import UserError
+
+    for flag, value in (("--max-concurrent", args.max_concurrent), ("--num-cpus", args.num_cpus)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}; leave it out for the default")
+
+
 def run_run(args: argparse.Namespace) -> int:
     from scaling.runner import plan_actions, run_sweep
     from scaling.store import RunStore
     from scaling.sweepfile import load_plan
 
+    check_counts(args)
     sweep, plan = load_plan(args.sweep)
     specs = list(plan.runs)
     store = RunStore(sweep.output_dir, sweep.name)

@@ -53,3 +53,27 @@ def test_console_script_installed():
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "ar-C1e20-L18d1280" in proc.stdout
+
+
+def test_a_throughput_implies_the_estimate(capsys):
+    assert main(["plan", str(REPO / "sweeps" / "smoke.yaml"), "--tokens-per-second", "400000"]) == 0
+    out = capsys.readouterr().out
+    assert "estimate: 400,000 tokens/s" in out and "given with --tokens-per-second" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["plan", "SWEEP", "--tokens-per-second", "0"], "--tokens-per-second: tokens per second must be"),
+    (["plan", "SWEEP", "--estimate", "--tokens-per-second", "-5"], "finite number > 0, got -5.0"),
+    (["plan", "SWEEP", "--tokens-per-second", "nan"], "finite number > 0, got nan"),
+    (["run", "SWEEP", "--num-cpus", "0"], "--num-cpus must be >= 1, got 0"),
+    (["run", "SWEEP", "--max-concurrent", "0"], "--max-concurrent must be >= 1, got 0"),
+])
+def test_impossible_counts_fail_with_one_line_before_anything_starts(capsys, argv, message):
+    # Before: a throughput of 0 fell back to the default and a negative one printed negative
+    # GPU-hours; --max-concurrent 0 meant no limit and --num-cpus 0 a Ray that schedules nothing.
+    argv = [str(REPO / "sweeps" / "smoke.yaml") if a == "SWEEP" else a for a in argv]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], captured.err

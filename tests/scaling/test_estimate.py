@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from scaling import estimate
@@ -29,3 +31,27 @@ def test_mfu_of_the_reference_shape():
     # 6 N' per token, N' = 12 L d^2 + d K = 84,934,656 + 24,576,768 for 12 x 768, K = 32001.
     assert estimate.reference_flops_per_token() == 6 * (12 * 12 * 768**2 + 768 * 32001)
     assert estimate.model_flops_utilisation(1e6) == pytest.approx(6 * 109_511_424 * 1e6 / 989e12)
+
+
+def test_each_convention_is_priced_in_its_own_flops(repo):
+    # A run's FLOPs are counted in its sweep's convention, so the throughput must be too: with the
+    # same runs counted as 6 N (N non-embedding, larger than N' at 113M), the FLOP/s grow with them.
+    plan = expand(load_sweep(repo / "sweeps" / "paper.yaml"))
+    assert {spec.flops_convention for spec in plan.runs} == {"paper"}
+    six_n = dataclasses.replace(plan, runs=tuple(spec.model_copy(update={"flops_convention": "6n"})
+                                                 for spec in plan.runs))
+    ratio = estimate.reference_flops_per_token("6n") / estimate.reference_flops_per_token("paper")
+    assert ratio > 1.0
+    assert estimate.estimate_gpu_hours(six_n, 3e5)["total"] == pytest.approx(
+        estimate.estimate_gpu_hours(plan, 3e5)["total"] / ratio)
+    # "full" counts attention, causally as for AR (the family the default was measured on).
+    n_layers, d_model = estimate.REFERENCE_SHAPE
+    assert estimate.reference_flops_per_token("full") == pytest.approx(
+        estimate.reference_flops_per_token("paper") + 3 * 2 * n_layers * estimate.REFERENCE_SEQ * d_model)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_throughput_must_be_finite_and_positive(bad):
+    with pytest.raises(ValueError, match="finite number > 0"):
+        estimate.resolve_tokens_per_second(bad)
+    assert estimate.resolve_tokens_per_second(None) == estimate.MEASURED_TOKENS_PER_SECOND
