@@ -6,12 +6,14 @@ budgets, so this loader reads them as numbers (the YAML 1.2 rule), and says so i
 
 from __future__ import annotations
 
+import difflib
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from scaling.errors import UserError
 from scaling.recipes import resolve_recipe
@@ -46,13 +48,38 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _models_in(annotation) -> list[type[BaseModel]]:
+    """The config models inside a field's annotation (X, X | None, tuple[X, ...], X | Y)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in typing.get_args(annotation) for model in _models_in(arg)]
+
+
+def known_keys(loc: tuple) -> list[str]:
+    """The keys the schema accepts in the mapping at `loc` (a pydantic error location); [] where
+    it cannot tell (a family's options)."""
+    models: list[type[BaseModel]] = [Sweep]
+    for part in loc:
+        if isinstance(part, int):
+            continue  # a list item: the field's annotation already names the item's model
+        field = next((m.model_fields[part] for m in models if part in m.model_fields), None)
+        if field is not None:
+            models = _models_in(field.annotation)
+        else:  # a discriminated union's tag (selection: window | around_optimum)
+            models = [m for m in models
+                      if "mode" in m.model_fields and m.model_fields["mode"].default == part]
+    return list(models[0].model_fields) if len(models) == 1 else []
+
+
 def format_error(err: dict) -> str:
     """One pydantic error -> 'sweep.path: problem; fix'."""
     where = format_location(err["loc"])
     kind, ctx, value = err["type"], err.get("ctx", {}), err.get("input")
     if kind == "extra_forbidden":
         key = err["loc"][-1] if err["loc"] else "?"
-        return f"{where}: unknown key {key!r}; remove it or fix its spelling (see README: sweep format)"
+        close = difflib.get_close_matches(str(key), known_keys(err["loc"][:-1]), n=1)
+        fix = f"did you mean {close[0]!r}?" if close else "remove it or fix its spelling"
+        return f"{where}: unknown key {key!r}; {fix} (see README: sweep format)"
     if kind == "missing" and err["loc"] and isinstance(err["loc"][-1], int):
         return f"{format_location(err['loc'][:-1])}: too few items; give all {err['loc'][-1] + 1} or more"
     if kind == "missing":
@@ -113,7 +140,8 @@ def parse_sweep(raw: dict[str, Any], source: str = "sweep") -> Sweep:
     try:
         return Sweep.model_validate(raw)
     except ValidationError as exc:
-        errors = exc.errors()
+        # A misspelt key first: it also explains the "required key is missing" of its right name.
+        errors = sorted(exc.errors(), key=lambda err: err["type"] != "extra_forbidden")
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         raise UserError(f"{source}: {format_error(errors[0])}{more}") from None
 
