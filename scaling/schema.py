@@ -8,6 +8,8 @@ A quoted "1e18" stays a string and is rejected where a number is expected.
 
 from __future__ import annotations
 
+import difflib
+
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (BaseModel, ConfigDict, Field, Strict as StrictType, StrictBool, ValidationError,
@@ -50,6 +52,12 @@ class FamilyChoice(Strict):
         except ValidationError as exc:
             first = exc.errors()[0]
             key = ".".join(str(p) for p in first["loc"])
+            if first["type"] == "extra_forbidden":
+                known = list(get_entry(self.family).options_model.model_fields)
+                close = difflib.get_close_matches(key, known, n=1)
+                fix = f"did you mean {close[0]!r}?" if close else "remove it"
+                raise ValueError(f"options.{key}: family {self.family} has no option {key!r}; {fix} "
+                                 f"(its options: {', '.join(known) or 'none'})") from None
             allowed = first.get("ctx", {}).get("expected", "")
             fix = f"; choose one of {allowed}" if allowed else ""
             raise ValueError(f"options.{key}: {first['msg']} (got {first.get('input')!r}){fix}") from None
