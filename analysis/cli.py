@@ -93,6 +93,8 @@ def _fit(args):
 
     options = _options(args)  # validate options before reading anything
     df, notes = load_runs(args.sweep_dirs, args.csv, parse_columns(args.columns))
+    if options.budgets:
+        _check_budgets_have_runs(df["flops"], options)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     result = fit_sweep(df, options)
@@ -105,6 +107,32 @@ def _fit(args):
     return result
 
 
+def _check_budgets_have_runs(flops, options) -> None:
+    """A --budgets entry that no run snaps to is a typo, not a finding about the runs."""
+    import numpy as np
+
+    from analysis.table import assign_budgets
+
+    tolerance = options.budget_tolerance_dex
+    snapped = assign_budgets(flops, tolerance_dex=tolerance, centres=options.budgets)
+    missing = [b for b in options.budgets if not np.any(snapped == b)]
+    if missing:
+        present = sorted(set(assign_budgets(flops, tolerance_dex=tolerance)))
+        raise UserError(f"--budgets: no run at {', '.join(f'{b:g}' for b in missing)} FLOPs (within "
+                        f"--budget-tolerance {tolerance:g} dex); the table's runs are at "
+                        f"{', '.join(f'{c:.3g}' for c in present)}")
+
+
+def _writing_to(out: Path):
+    """A folder that cannot be written names itself in one line (not a traceback)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot write there ({err.strerror}); choose a writable "
+                        "folder") from None
+    return out
+
+
 def _default_out(args, leaf: str) -> Path:
     if args.out is not None:
         return args.out
@@ -115,7 +143,7 @@ def run_fit(args) -> int:
     from analysis.report import json_records, summary_lines, write_tables
 
     result = _fit(args)
-    paths = write_tables(result, _default_out(args, "fits"))
+    paths = write_tables(result, _writing_to(_default_out(args, "fits")))
     if args.json:
         print(json.dumps(json_records(result), indent=1))
     else:
@@ -132,6 +160,6 @@ def run_plot(args) -> int:
     from analysis.plots import make_figures
 
     result = _fit(args)
-    for path in make_figures(result, _default_out(args, "figures"), formats):
+    for path in make_figures(result, _writing_to(_default_out(args, "figures")), formats):
         print(path)
     return 1 if result.errors else 0

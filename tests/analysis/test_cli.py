@@ -183,6 +183,21 @@ def test_plot_writes_png_pdf_svg(sweep_dir, capsys):
             assert str(path) in printed
 
 
+def test_a_budget_no_run_is_at_names_the_tables_budgets(sweep_dir):
+    # It used to fit nothing, with a warning per group that its runs "match no budget".
+    with pytest.raises(UserError, match=r"--budgets: no run at 3e\+19 FLOPs .*runs are at 1e\+18, 1e\+19, 1e\+20"):
+        run(["fit", str(sweep_dir), "--budgets", "1e18,3e19", "--bootstrap", "0"])
+    assert run(["fit", str(sweep_dir), "--budgets", "1e18,1e19,1e20", "--bootstrap", "0"]) == 0
+
+
+@pytest.mark.parametrize("command", ["fit", "plot"])
+def test_an_unwritable_out_is_one_line(sweep_dir, tmp_path, command):
+    a_file = tmp_path / "taken"
+    a_file.write_text("")
+    with pytest.raises(UserError, match="--out .*taken: cannot write there"):
+        run([command, str(sweep_dir), "--out", str(a_file), "--bootstrap", "0"])
+
+
 def test_plot_rejects_unknown_format(sweep_dir):
     with pytest.raises(UserError, match="--formats: gif"):
         run(["plot", str(sweep_dir), "--formats", "png,gif"])
