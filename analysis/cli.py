@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from scaling.errors import UserError
+from scaling.errors import UserError, writable_folder
 
 # The fitting and plotting modules (scipy, pandas, matplotlib) load only when a subcommand runs,
 # so `scaling --help` stays fast; these two lists mirror analysis.plots.FORMATS and
@@ -123,16 +123,6 @@ def _check_budgets_have_runs(flops, options) -> None:
                         f"{', '.join(f'{c:.3g}' for c in present)}")
 
 
-def _writing_to(out: Path):
-    """A folder that cannot be written names itself in one line (not a traceback)."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"--out {out}: cannot write there ({err.strerror}); choose a writable "
-                        "folder") from None
-    return out
-
-
 def _default_out(args, leaf: str) -> Path:
     if args.out is not None:
         return args.out
@@ -143,7 +133,7 @@ def run_fit(args) -> int:
     from analysis.report import json_records, summary_lines, write_tables
 
     result = _fit(args)
-    paths = write_tables(result, _writing_to(_default_out(args, "fits")))
+    paths = write_tables(result, writable_folder(_default_out(args, "fits"), "--out"))
     if args.json:
         print(json.dumps(json_records(result), indent=1))
     else:
@@ -160,6 +150,6 @@ def run_plot(args) -> int:
     from analysis.plots import make_figures
 
     result = _fit(args)
-    for path in make_figures(result, _writing_to(_default_out(args, "figures")), formats):
+    for path in make_figures(result, writable_folder(_default_out(args, "figures"), "--out"), formats):
         print(path)
     return 1 if result.errors else 0

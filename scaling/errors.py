@@ -5,6 +5,9 @@ prints `error: <message>` and exits 2. Programming errors stay ordinary exceptio
 """
 
 
+from pathlib import Path
+
+
 class UserError(Exception):
     """An error caused by the user's input; its message is printed as one line."""
 
@@ -12,3 +15,15 @@ class UserError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))  # always a single line
+
+
+def writable_folder(path: str | Path, chosen_by: str) -> Path:
+    """Create `path` (and its parents) now, before any work whose results would go there; a folder
+    that cannot be made is a UserError naming the flag or YAML key that chose it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{chosen_by} {path}: cannot write there ({err.strerror}); choose a "
+                        "writable folder") from None
+    return path

@@ -61,6 +61,7 @@ def check_counts(args: argparse.Namespace) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
+    from scaling.errors import writable_folder
     from scaling.runner import plan_actions, run_sweep
     from scaling.store import RunStore
     from scaling.sweepfile import load_plan
@@ -80,6 +81,9 @@ def run_run(args: argparse.Namespace) -> int:
         return 0
     from trainers.data import prepare_data  # tokenize once here, before any worker starts
 
+    writable_folder(store.root, f"{args.sweep}: output_dir")
+    writable_folder(_cache_root(sweep), f"{args.sweep}: data.cache_dir" if sweep.data.cache_dir
+                    else f"{args.sweep}: output_dir")
     started = time.monotonic()
     prepare_data(sweep.data, sweep.recipe.seq_len, _cache_root(sweep))
     outcome = _run_on_ray(args, sweep, specs, store)

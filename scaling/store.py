@@ -47,7 +47,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON record, or None when absent or unreadable (a torn file is treated as missing)."""
     try:
         return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
         return None
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scaling.errors import UserError
+from scaling.errors import UserError, writable_folder
 
 DEFAULT_STEPS = "4,8,16,32,64"
 # The per-sample spread of log gen-PPL is ~0.45 on the demo models, so its standard error is ~0.06
@@ -125,6 +125,8 @@ def run_pareto(args: argparse.Namespace) -> int:
         raise UserError(f"--judge: no such folder {args.judge!r}; give a local transformers causal LM folder")
     chosen = choose_runs(args, store, results)
     judge_path = Path(args.judge) if args.judge is not None else default_judge_dir(store, results)
+    out = writable_folder(Path(args.out if args.out is not None else sweep.output_dir) / sweep.name,
+                          "--out" if args.out is not None else "output_dir")  # before minutes of sampling
 
     import torch
     from transformers.utils import logging as hf_logging
@@ -145,8 +147,6 @@ def run_pareto(args: argparse.Namespace) -> int:
         runs.append(pareto.load_run(store.run_dir(run_id), run_id, device))
     table, samples = pareto.measure_runs(runs, judge, steps, n_samples=args.n_samples, seq_len=seq_len,
                                          seed=args.seed, device=device, repeats=args.repeats)
-    out = Path(args.out if args.out is not None else sweep.output_dir) / sweep.name
-    out.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out / "pareto.parquet", index=False)
     (out / "samples.md").write_text(pareto.samples_markdown(runs, table, samples))
     # one curve per family; per run when --runs names several checkpoints of one family

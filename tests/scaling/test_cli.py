@@ -77,3 +77,16 @@ def test_impossible_counts_fail_with_one_line_before_anything_starts(capsys, arg
     assert captured.out == ""
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], captured.err
+
+
+def test_an_output_dir_that_cannot_be_made_fails_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    text = (REPO / "sweeps" / "smoke.yaml").read_text().replace("output_dir: outputs",
+                                                                f"output_dir: {blocker / 'out'}")
+    sweep = tmp_path / "smoke.yaml"
+    sweep.write_text(text)
+    assert main(["run", str(sweep)]) == 2  # was a traceback from the tokenizer cache's mkdir
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "output_dir" in err and "cannot write there" in err
+    assert len(err.splitlines()) == 1
