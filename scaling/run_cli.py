@@ -74,19 +74,20 @@ def run_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_decisions(decisions)
         return 0
-    todo = [d for d in decisions if d.action != "skip"]
-    if not todo:
-        store.rebuild_results(specs)
-        print(f"[{sweep.name}] all {len(specs)} runs already succeeded; results: {store.root / 'results.parquet'}")
-        return 0
-    from trainers.data import prepare_data  # tokenize once here, before any worker starts
-
     writable_folder(store.root, f"{args.sweep}: output_dir")
-    writable_folder(_cache_root(sweep), f"{args.sweep}: data.cache_dir" if sweep.data.cache_dir
-                    else f"{args.sweep}: output_dir")
-    started = time.monotonic()
-    prepare_data(sweep.data, sweep.recipe.seq_len, _cache_root(sweep))
-    outcome = _run_on_ray(args, sweep, specs, store)
+    with store.driving():
+        if not any(d.action != "skip" for d in decisions):
+            store.rebuild_results(specs)
+            print(f"[{sweep.name}] all {len(specs)} runs already succeeded; results: "
+                  f"{store.root / 'results.parquet'}")
+            return 0
+        from trainers.data import prepare_data  # tokenize once here, before any worker starts
+
+        writable_folder(_cache_root(sweep), f"{args.sweep}: data.cache_dir" if sweep.data.cache_dir
+                        else f"{args.sweep}: output_dir")
+        started = time.monotonic()
+        prepare_data(sweep.data, sweep.recipe.seq_len, _cache_root(sweep))
+        outcome = _run_on_ray(args, sweep, specs, store)
     wall = time.monotonic() - started
     print(f"[{sweep.name}] {len(outcome.succeeded)} trained, {len(outcome.skipped)} already done, "
           f"{len(outcome.failed)} failed in {wall:.0f}s; results: {store.root / 'results.parquet'}")

@@ -7,6 +7,7 @@
       runs/<run_id>/result.json     the result record (written once, atomically, by the trainer)
       runs/<run_id>/checkpoints/    periodic checkpoints for resume
       results.parquet, results.csv  one row per succeeded run of the current plan
+      .driver.lock                  held (flock) by the one `scaling run` driving the sweep
 
 result.json is the source of truth for "done": a run whose record exists is never retrained, even if
 its status was not updated because the driver died in between.
@@ -14,6 +15,7 @@ its status was not updated because the driver died in between.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -23,9 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from scaling.errors import UserError
 from scaling.runspec import RunSpec
 
 STATES = ("pending", "running", "succeeded", "failed", "interrupted")
+DRIVER_LOCK = ".driver.lock"
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -108,6 +112,42 @@ class RunStore:
         if not self.runs_dir.is_dir():
             return []
         return sorted(p.name for p in self.runs_dir.iterdir() if p.is_dir())
+
+    @contextlib.contextmanager
+    def driving(self):
+        """Hold the sweep's driver lock for the block, or UserError naming who holds it.
+
+        Two drivers on one sweep (a second terminal, `make demo` twice) would train the same runs
+        into the same folders, one resuming from checkpoints the other is still writing. The lock
+        is an flock on <root>/.driver.lock: the kernel drops it when its process dies, kill -9
+        included, so a rerun after a crash is never locked out. (flock is per machine: drivers
+        on two machines sharing the store over NFS are not excluded.)
+        """
+        import fcntl
+
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            handle = open(self.root / DRIVER_LOCK, "a+")
+        except OSError as err:
+            raise UserError(f"{self.root}: cannot write there ({err.strerror}); a sweep's output_dir "
+                            "must be writable") from None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise UserError(f"{self.root}: another `scaling run` is driving this sweep ({holder}); "
+                                "wait for it, or stop it, then rerun (finished runs are kept)") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                         f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+            handle.flush()
+            try:
+                yield self
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def rebuild_results(self, specs: Iterable[RunSpec]) -> Path | None:
         """results.parquet + results.csv from the result records of the plan's succeeded runs."""

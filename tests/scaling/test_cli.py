@@ -90,3 +90,29 @@ def test_an_output_dir_that_cannot_be_made_fails_before_any_work(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "output_dir" in err and "cannot write there" in err
     assert len(err.splitlines()) == 1
+
+
+def test_a_second_driver_on_the_same_sweep_is_refused(tmp_path, capsys):
+    text = (REPO / "sweeps" / "smoke.yaml").read_text().replace("output_dir: outputs",
+                                                                f"output_dir: {tmp_path / 'out'}")
+    sweep = tmp_path / "smoke.yaml"
+    sweep.write_text(text)
+    from scaling.store import RunStore
+
+    # The holder is another process, as a real first driver would be; it holds the lock for 60 s.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from scaling.store import RunStore\n"
+         f"with RunStore({str(tmp_path / 'out')!r}, 'smoke').driving():\n"
+         "    print('locked', flush=True); time.sleep(60)"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["run", str(sweep)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "another `scaling run` is driving this sweep" in err
+        assert f"pid {holder.pid} on " in err
+    finally:
+        holder.kill()  # kill -9: the kernel drops the lock with the process
+        holder.wait()
+    with RunStore(tmp_path / "out", "smoke").driving():
+        pass
