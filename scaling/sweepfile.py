@@ -30,6 +30,27 @@ class _SweepLoader(yaml.SafeLoader):
 _SweepLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789"))
 
 
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+    """PyYAML keeps the last of two equal keys without a word; a sweep with `budgets:` twice
+    would silently run the second list. Refuse it, naming both lines."""
+    first_line: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            duplicate = key in first_line
+        except TypeError:  # an unhashable key: construct_mapping says so
+            break
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {first_line[key] + 1}); keep one "
+                "of them", key_node.start_mark)
+        first_line[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_SweepLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
 def format_location(loc: tuple) -> str:
     """('budgets', 2) -> 'sweep.budgets[2]'; pydantic's union/tag markers are dropped."""
     path = "sweep"
