@@ -139,13 +139,16 @@ def run_status(args: argparse.Namespace) -> int:
 
     sweep, plan = load_plan(args.sweep)
     store = RunStore(sweep.output_dir, sweep.name)
+    driver = store.driver()
     rows = []
     for spec in plan.runs:
         state = store.state(spec.run_id)
         result = store.read_result(spec.run_id) or {}
         val = result.get("val_loss")
         wall = result.get("wall_seconds")
-        rows.append((spec.label, f"{spec.flops_budget:.3g}", spec.shape.tag, state.state,
+        # "running" with no driver holding the sweep: its driver died mid-run (kill -9, a crash)
+        shown = "interrupted" if state.state == "running" and driver is None else state.state
+        rows.append((spec.label, f"{spec.flops_budget:.3g}", spec.shape.tag, shown,
                      str(state.attempts), f"{val:.4f}" if val is not None else "-",
                      f"{wall:.0f}" if wall is not None else "-", spec.run_id,
                      (state.error or "")[:60]))
@@ -168,4 +171,8 @@ def run_status(args: argparse.Namespace) -> int:
     orphans = set(store.known_run_ids()) - {s.run_id for s in plan.runs}
     print(f"\n{len(rows)} runs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
           + (f"; {len(orphans)} other run folders not in this plan" if orphans else ""))
+    if driver is not None:
+        print(f"driven now by {driver}")
+    elif counts.get("interrupted"):
+        print(f"no driver: rerun `scaling run {args.sweep}` to resume the interrupted runs")
     return 0

@@ -149,6 +149,23 @@ class RunStore:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def driver(self) -> str | None:
+        """Who drives the sweep now ("pid N on HOST since T"), or None when no driver holds the
+        lock (so a run whose status still says running was interrupted)."""
+        import fcntl
+
+        try:
+            handle = open(self.root / DRIVER_LOCK)
+        except OSError:
+            return None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return handle.read().strip() or "another process"
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return None
+
     def rebuild_results(self, specs: Iterable[RunSpec]) -> Path | None:
         """results.parquet + results.csv from the result records of the plan's succeeded runs."""
         import pandas as pd

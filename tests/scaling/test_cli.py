@@ -79,34 +79,42 @@ def test_impossible_counts_fail_with_one_line_before_anything_starts(capsys, arg
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], captured.err
 
 
+def _smoke_in(tmp_path: Path, output_dir: Path | None = None) -> Path:
+    """sweeps/smoke.yaml with its output_dir moved (default: tmp_path/out)."""
+    text = (REPO / "sweeps" / "smoke.yaml").read_text().replace(
+        "output_dir: outputs", f"output_dir: {output_dir or tmp_path / 'out'}")
+    sweep = tmp_path / "smoke.yaml"
+    sweep.write_text(text)
+    return sweep
+
+
 def test_an_output_dir_that_cannot_be_made_fails_before_any_work(tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    text = (REPO / "sweeps" / "smoke.yaml").read_text().replace("output_dir: outputs",
-                                                                f"output_dir: {blocker / 'out'}")
-    sweep = tmp_path / "smoke.yaml"
-    sweep.write_text(text)
+    sweep = _smoke_in(tmp_path, output_dir=blocker / "out")
     assert main(["run", str(sweep)]) == 2  # was a traceback from the tokenizer cache's mkdir
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "output_dir" in err and "cannot write there" in err
     assert len(err.splitlines()) == 1
 
 
-def test_a_second_driver_on_the_same_sweep_is_refused(tmp_path, capsys):
-    text = (REPO / "sweeps" / "smoke.yaml").read_text().replace("output_dir: outputs",
-                                                                f"output_dir: {tmp_path / 'out'}")
-    sweep = tmp_path / "smoke.yaml"
-    sweep.write_text(text)
-    from scaling.store import RunStore
-
-    # The holder is another process, as a real first driver would be; it holds the lock for 60 s.
+def _hold_driver_lock(out: Path) -> subprocess.Popen:
+    """Another process holding the sweep's driver lock, as a real first driver would (60 s)."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from scaling.store import RunStore\n"
-         f"with RunStore({str(tmp_path / 'out')!r}, 'smoke').driving():\n"
+         f"with RunStore({str(out)!r}, 'smoke').driving():\n"
          "    print('locked', flush=True); time.sleep(60)"],
         cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_second_driver_on_the_same_sweep_is_refused(tmp_path, capsys):
+    from scaling.store import RunStore
+
+    sweep = _smoke_in(tmp_path)
+    holder = _hold_driver_lock(tmp_path / "out")
     try:
-        assert holder.stdout.readline().strip() == "locked"
         assert main(["run", str(sweep)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "another `scaling run` is driving this sweep" in err
@@ -116,3 +124,25 @@ def test_a_second_driver_on_the_same_sweep_is_refused(tmp_path, capsys):
         holder.wait()
     with RunStore(tmp_path / "out", "smoke").driving():
         pass
+
+
+def test_status_tells_a_running_run_from_one_whose_driver_died(tmp_path, capsys):
+    from scaling.sweepfile import load_plan
+    from scaling.store import RunStore
+
+    sweep = _smoke_in(tmp_path)
+    _, plan = load_plan(sweep)
+    run_id = plan.runs[0].run_id
+    RunStore(tmp_path / "out", "smoke").write_status(run_id, "running", attempts=1)
+    assert main(["status", str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert f"interrupted  1      -         -       {run_id}" in out and "no driver: rerun" in out
+    holder = _hold_driver_lock(tmp_path / "out")
+    try:
+        assert main(["status", str(sweep)]) == 0
+        out = capsys.readouterr().out
+        assert f"running  1      -         -       {run_id}" in out
+        assert f"driven now by pid {holder.pid} on " in out
+    finally:
+        holder.kill()
+        holder.wait()
