@@ -11,8 +11,10 @@ are off; the runner counts attempts itself so that each one is recorded.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
+from scaling.errors import UserError
 from scaling.runner import Outcome, describe_exception
 from scaling.runspec import RunSpec
 
@@ -53,6 +55,21 @@ class RunSlot:
         self.zygote.close()
 
 
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT where nothing answers fails in seconds with one line; Ray itself retries for
+    minutes, printing a warning every few seconds. `auto` and URLs (ray://) are left to Ray."""
+    if address in ("auto", "local") or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UserError(f"Ray address {address!r}: expected HOST:PORT (e.g. 10.0.0.5:6379) or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise UserError(f"Ray address {address}: nothing answers there ({err.strerror or err}); start the "
+                        "head with `ray start --head` on that machine, or fix --address / RAY_ADDRESS") from None
+
+
 class RayExecutor:
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None,
                  dashboard: bool = False, temp_dir: str | None = None,
@@ -66,7 +83,16 @@ class RayExecutor:
                            logging_level="ERROR", runtime_env={"env_vars": WORKER_ENV})
         if self.owns_cluster:
             init_kwargs.update(num_cpus=num_cpus or os.cpu_count(), _temp_dir=temp_dir)
-        ray.init(address=address, **init_kwargs)
+        else:
+            check_reachable(address)
+        try:
+            ray.init(address=address, **init_kwargs)
+        except ConnectionError as err:  # e.g. `auto` with no cluster on this machine
+            if self.owns_cluster:
+                raise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserError(f"Ray address {address}: {first.rstrip('.')}; start one with `ray start "
+                            "--head`, or leave --address and RAY_ADDRESS unset for a local Ray") from None
         self.ray = ray
         self.cache_root = str(cache_root) if cache_root else None
         self.max_concurrent = max_concurrent

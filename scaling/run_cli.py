@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -67,6 +68,11 @@ def run_run(args: argparse.Namespace) -> int:
     from scaling.sweepfile import load_plan
 
     check_counts(args)
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address and not args.dry_run:
+        from scaling.executors import check_reachable
+
+        check_reachable(address)  # in seconds, before the data is tokenized
     sweep, plan = load_plan(args.sweep)
     specs = list(plan.runs)
     store = RunStore(sweep.output_dir, sweep.name)

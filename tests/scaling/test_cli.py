@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -146,3 +147,20 @@ def test_status_tells_a_running_run_from_one_whose_driver_died(tmp_path, capsys)
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_ray_address_where_nothing_answers_fails_in_seconds():
+    from scaling.errors import UserError
+    from scaling.executors import check_reachable
+
+    with socket.socket() as listening:  # something answers: the check passes
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        check_reachable(f"127.0.0.1:{listening.getsockname()[1]}")
+        port = listening.getsockname()[1]
+    # Closed now: Ray would retry for minutes; the check names the address and the fix at once.
+    with pytest.raises(UserError, match=f"127.0.0.1:{port}: nothing answers there .*ray start --head"):
+        check_reachable(f"127.0.0.1:{port}")
+    with pytest.raises(UserError, match="expected HOST:PORT"):
+        check_reachable("nonsense")
+    check_reachable("auto")  # left to Ray, which fails fast without a cluster
