@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,5 +37,6 @@ def run_plan(args: argparse.Namespace) -> int:
     render = {"csv": render_csv, "json": render_json}.get(args.format)
     print(render(plan) if render else render_table(plan, sweep.name), end="\n" if not render else "")
     if args.estimate or args.tokens_per_second is not None:
-        print(render_estimate(plan, args.tokens_per_second))
+        # beside csv/json on stderr, so the machine-readable output stays parseable in a pipe
+        print(render_estimate(plan, args.tokens_per_second), file=sys.stderr if render else sys.stdout)
     return 0

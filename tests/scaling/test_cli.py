@@ -60,6 +60,10 @@ def test_a_throughput_implies_the_estimate(capsys):
     assert main(["plan", str(REPO / "sweeps" / "smoke.yaml"), "--tokens-per-second", "400000"]) == 0
     out = capsys.readouterr().out
     assert "estimate: 400,000 tokens/s" in out and "given with --tokens-per-second" in out
+    # beside machine-readable output the estimate goes to stderr: stdout stays parseable
+    assert main(["plan", str(REPO / "sweeps" / "smoke.yaml"), "--format", "json", "--estimate"]) == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)) == 12 and "estimate:" in captured.err
 
 
 @pytest.mark.parametrize("argv, message", [
