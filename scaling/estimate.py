@@ -3,10 +3,9 @@
 A throughput measured on the 113M shape (12 x 768, sequence 2048, bf16; AR unless told otherwise)
 is turned into achieved FLOP/s under the sweep's FLOPs convention (the one its runs' FLOPs are
 counted in; where a convention counts attention, AR's causal count), and every run is assumed to
-reach the same FLOP/s
-(model FLOPs utilisation is roughly flat across the paper's 6M-2B ladder on one GPU type; larger
-models usually do a little better, so this errs long). GPU-hours = training FLOPs / FLOP/s / 3600,
-independent of how many GPUs share a run.
+reach the same FLOP/s (model FLOPs utilisation is roughly flat across the paper's 6M-2B ladder on
+one GPU type; larger models usually do a little better, so this errs long). GPU-hours = training
+FLOPs / FLOP/s / 3600, independent of how many GPUs share a run.
 """
 
 from __future__ import annotations
