@@ -55,6 +55,11 @@ class RunSlot:
         self.zygote.close()
 
 
+def resolve_address(address: str | None) -> str | None:
+    """The cluster to join: the given address, else $RAY_ADDRESS; None = start a local Ray."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """A HOST:PORT where nothing answers fails in seconds with one line; Ray itself retries for
     minutes, printing a warning every few seconds. `auto` and URLs (ray://) are left to Ray."""
@@ -77,15 +82,13 @@ class RayExecutor:
         import ray
 
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        address = address or os.environ.get("RAY_ADDRESS") or None
+        address = resolve_address(address)
         self.owns_cluster = address is None
         init_kwargs = dict(include_dashboard=dashboard, log_to_driver=False,
                            logging_level="ERROR", runtime_env={"env_vars": WORKER_ENV})
         if self.owns_cluster:
             init_kwargs.update(num_cpus=num_cpus or os.cpu_count(), _temp_dir=temp_dir)
-        else:
-            check_reachable(address)
-        try:
+        try:  # an address is checked with check_reachable by the caller, before its own set-up
             ray.init(address=address, **init_kwargs)
         except ConnectionError as err:  # e.g. `auto` with no cluster on this machine
             if self.owns_cluster:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import time
@@ -68,11 +67,11 @@ def run_run(args: argparse.Namespace) -> int:
     from scaling.sweepfile import load_plan
 
     check_counts(args)
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if address and not args.dry_run:
-        from scaling.executors import check_reachable
+    if not args.dry_run:
+        from scaling.executors import check_reachable, resolve_address
 
-        check_reachable(address)  # in seconds, before the data is tokenized
+        if (address := resolve_address(args.address)) is not None:
+            check_reachable(address)  # in seconds, before the data is tokenized
     sweep, plan = load_plan(args.sweep)
     specs = list(plan.runs)
     store = RunStore(sweep.output_dir, sweep.name)
@@ -80,7 +79,6 @@ def run_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_decisions(decisions)
         return 0
-    writable_folder(store.root, f"{args.sweep}: output_dir")
     with store.driving():
         if not any(d.action != "skip" for d in decisions):
             store.rebuild_results(specs)

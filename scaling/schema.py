@@ -9,7 +9,6 @@ A quoted "1e18" stays a string and is rejected where a number is expected.
 from __future__ import annotations
 
 import difflib
-
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (BaseModel, ConfigDict, Field, Strict as StrictType, StrictBool, ValidationError,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from scaling.errors import UserError
+from scaling.errors import UserError, writable_folder
 from scaling.runspec import RunSpec
 
 STATES = ("pending", "running", "succeeded", "failed", "interrupted")
@@ -125,12 +125,12 @@ class RunStore:
         """
         import fcntl
 
+        writable_folder(self.root, "output_dir")
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
             handle = open(self.root / DRIVER_LOCK, "a+")
-        except OSError as err:
-            raise UserError(f"{self.root}: cannot write there ({err.strerror}); a sweep's output_dir "
-                            "must be writable") from None
+        except OSError as err:  # the folder exists but is not ours to write
+            raise UserError(f"output_dir {self.root}: cannot write there ({err.strerror}); choose a "
+                            "writable folder") from None
         with handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
