@@ -13,7 +13,8 @@ per-step cost is the same in every variant (benchmarks/train_throughput.py measu
 
 Prints one line per (family, width, variant) with the median ms per step and page faults per
 step, then `ratio_<family>_d<width> <glibc+foreach / kept+foreach>` (above 1: the product's
-allocator setting is faster).
+allocator setting is faster) and `fused_head_ratio_<family>_d<width> <kept+foreach /
+kept+fusedhead>` (above 1: resources.fused_head is faster).
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {  # name -> (keep freed memory, fused AdamW)
-    "glibc+foreach": (False, False),  # before trainers/dist.keep_freed_memory
-    "kept+foreach": (True, False),  # the product's CPU step
-    "kept+fused": (True, True),
+VARIANTS = {  # name -> (keep freed memory, fused AdamW, fused head)
+    "glibc+foreach": (False, False, False),  # before trainers/dist.keep_freed_memory
+    "kept+foreach": (True, False, False),  # the product's CPU step
+    "kept+fused": (True, True, False),
+    "kept+fusedhead": (True, False, True),  # resources.fused_head: true (trainers/fused_head.py)
 }
 BEFORE, AFTER = "glibc+foreach", "kept+foreach"
 VOCAB, SEQ_LEN, BATCH_SEQS = 512, 64, 16  # sweeps/demo.yaml
@@ -37,7 +39,7 @@ VOCAB, SEQ_LEN, BATCH_SEQS = 512, 64, 16  # sweeps/demo.yaml
 
 def child(family_name: str, d_model: int, variant: str, steps: int) -> dict:
     sys.path.insert(0, str(ROOT))
-    keep, fused = VARIANTS[variant]
+    keep, fused, fused_head = VARIANTS[variant]
     if keep:
         from trainers.dist import keep_freed_memory
 
@@ -47,12 +49,14 @@ def child(family_name: str, d_model: int, variant: str, steps: int) -> dict:
 
     import torch
 
+    from trainers import kernels
     from trainers.backbone import build_model
     from trainers.engine import clip_gradients
     from trainers.families import build_family
     from trainers.families.registry import get_entry
     from trainers.noise import sample_stratified_times
 
+    kernels.configure(False, "cpu", fused_head=fused_head)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     options = {"alpha_0": 1.0} if family_name == "esolm" else {}
@@ -113,6 +117,8 @@ def main() -> None:
                 print(f"{family_name} d{d_model} {variant:14s} {medians[variant]:7.2f} ms/step  "
                       f"{faults:6.0f} page faults/step", flush=True)
             print(f"ratio_{family_name}_d{d_model} {medians[BEFORE] / medians[AFTER]:.3f}", flush=True)
+            print(f"fused_head_ratio_{family_name}_d{d_model} "
+                  f"{medians[AFTER] / medians['kept+fusedhead']:.3f}", flush=True)
 
 
 if __name__ == "__main__":

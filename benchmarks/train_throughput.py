@@ -159,7 +159,7 @@ def measure(args, device: str, precision: str, micro_batch: int,
     from scaling.schema import Resources
 
     proc = prepare_process(args.threads, use_gpu=device != "cpu")
-    configure(args.compile != "off", device, attention=args.attention)
+    configure(args.compile != "off", device, attention=args.attention, fused_head=args.fused_head)
     deepspeed = import_deepspeed(proc.world_size, proc.device)
     import logging
 
@@ -175,9 +175,12 @@ def measure(args, device: str, precision: str, micro_batch: int,
     engine, optimizer = initialize_engine(deepspeed, model, recipe, config, device)
     if args.deepspeed_clip and "clip_fp32_gradients" in vars(engine):
         del engine.clip_fp32_gradients  # back to DeepSpeed's own (trainers/engine.clip_gradients)
-    if args.compile == "blocks":  # the product's path (trainers/kernels.py)
-        compile_blocks(engine.module)
-        compile_blocks(plain)
+    if args.compile in ("blocks", "blocks-autotune"):  # blocks: the product's path (trainers/kernels.py)
+        # blocks-autotune: inductor benchmarks matmul templates and can fuse the GELU and bias
+        # epilogues into them (compiles for minutes; CUDA graphs off: DeepSpeed's hooks)
+        mode = "max-autotune-no-cudagraphs" if args.compile == "blocks-autotune" else None
+        compile_blocks(engine.module, mode)
+        compile_blocks(plain, mode)
     elif args.compile == "whole":  # the whole backbone as one graph (loss heads stay compiled)
         engine.compile()
         plain = torch.compile(plain)
@@ -335,11 +338,15 @@ def parse_args(argv=None):
     p.add_argument("--deepspeed-clip", action="store_true",
                    help="GPU: DeepSpeed's own per-parameter gradient clipping instead of "
                         "trainers/engine.clip_gradients (to measure the difference)")
-    p.add_argument("--compile", choices=("off", "blocks", "whole"), default="off",
+    p.add_argument("--compile", choices=("off", "blocks", "blocks-autotune", "whole"), default="off",
                    help="blocks: the product's compiled blocks and loss heads (trainers/kernels.py, "
-                        "resources.compile); whole: the backbone as one graph")
+                        "resources.compile); blocks-autotune: the same in torch.compile's "
+                        "max-autotune-no-cudagraphs mode; whole: the backbone as one graph")
     p.add_argument("--attention", choices=("auto", "default", "cudnn", "flash", "efficient"),
                    default="auto", help="scaled_dot_product_attention backend (trainers/kernels.py)")
+    p.add_argument("--fused-head", action="store_true",
+                   help="the head and loss fused, chunk by chunk (trainers/fused_head.py, "
+                        "resources.fused_head), in both loops")
     p.add_argument("--no-plain", action="store_true", help="time the DeepSpeed loop only")
     p.add_argument("--deepspeed-overrides", type=json.loads, default={},
                    help="JSON merged into the DeepSpeed config, as resources.deepspeed_overrides "

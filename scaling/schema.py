@@ -203,6 +203,9 @@ class Resources(Strict):
     # torch.compile of the blocks and loss heads (trainers/kernels.py): auto = on a GPU only, or
     # true / false (YAML's on / off read as those).
     compile: Literal["auto"] | StrictBool = "auto"
+    # The output head and its loss in one chunked pass (trainers/fused_head.py): the [rows, vocab]
+    # logits are never held whole. Off by default: it rounds differently from the plain head.
+    fused_head: StrictBool = False
     deepspeed_overrides: dict[str, Any] = Field(default_factory=dict)  # merged into DeepSpeed's config
 
     @field_validator("compile", mode="before")

@@ -49,6 +49,7 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 
 from scaling.flops import COND_DIM, MLP_RATIO, TIME_FREQ_DIM
+from trainers.fused_head import HeadOutput, RowLoss, fused_head_loss
 
 ATTENTION_MODES = ("bidirectional", "causal", "permuted_causal")
 ROPE_BASE = 10_000.0  # rotary base of the MDLM/Duo/Eso-LM code
@@ -200,15 +201,29 @@ class DiTFinalLayer(nn.Module):
         self.norm_final = LayerNorm(d_model)
         self.adaLN_modulation = nn.Linear(cond_dim, 2 * d_model)
         self.adaLN_modulation.zero_init = True
-        self.linear = nn.Linear(d_model, vocab_size)
+        self.linear = HeadLinear(d_model, vocab_size)
         self.linear.zero_init = True
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, rows: torch.Tensor | None = None,
+                head: RowLoss | None = None) -> torch.Tensor | HeadOutput:
         shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=2)
         h = modulate(self.norm_final(x), shift, scale)
         # Position-wise from here on: the head (d x K, the largest matmul and the log-softmax
         # behind it at small d) runs only on the rows a loss scores.
-        return aligned_linear(self.linear, h if rows is None else h[rows])
+        return self.linear(h if rows is None else h[rows], head)
+
+
+class HeadLinear(nn.Linear):
+    """The output head: an nn.Linear (same parameters, same checkpoint keys) whose forward pads its
+    output width on a GPU (`aligned_linear`) or, given a `head` loss, runs head and loss fused
+    (trainers/fused_head.py). Either way the weight is read inside this module's own forward, the
+    call for which ZeRO-3 gathers it."""
+
+    def forward(self, x: torch.Tensor, head: RowLoss | None = None) -> torch.Tensor | HeadOutput:
+        if head is not None:
+            return fused_head_loss(x.reshape(-1, x.shape[-1]), self.weight, self.bias, head,
+                                   align=HEAD_ALIGN if x.is_cuda else 1)
+        return aligned_linear(self, x)
 
 
 HEAD_ALIGN = 64  # output columns a GPU head matmul is padded to (tensor-core tiles are 64 wide)
@@ -225,7 +240,7 @@ def aligned_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     are the same numbers; the parameters keep their shape (exact parameter counts, checkpoints).
     On a CPU the plain product is as fast."""
     if not x.is_cuda or linear.out_features % HEAD_ALIGN == 0:
-        return linear(x)
+        return F.linear(x, linear.weight, linear.bias)
     return padded_linear(x, linear.weight, linear.bias, HEAD_ALIGN)
 
 
@@ -324,7 +339,8 @@ class DiTModel(PreTrainedModel):
         kv_cache: KVCache | None = None,
         cache_commit: int | None = None,
         output_rows: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        head: RowLoss | None = None,
+    ) -> torch.Tensor | HeadOutput:
         """Logits [B, L, K] (in the parameters' dtype) for input_ids [B, L]; with output_rows
         (BoolTensor[B, L], in the original order) only those positions' logits, [n_rows, K].
 
@@ -332,6 +348,8 @@ class DiTModel(PreTrainedModel):
         docstring (permuted_causal only). attention: overrides config.attention for this call.
         position_ids / attention_mask: low-level overrides. kv_cache / cache_commit: incremental
         decoding (causal or permuted_causal; pass position_ids for a permuted order).
+        head: a loss over the output rows (row-major over [B, L], or the output_rows), computed with
+        the head chunk by chunk (trainers/fused_head.py): returns a HeadOutput, not logits.
         """
         mode = attention or self.config.attention
         if mode not in ATTENTION_MODES:
@@ -369,7 +387,7 @@ class DiTModel(PreTrainedModel):
         if permutation is not None:  # back to the original order; the output layer is position-wise
             inverse = torch.argsort(permutation, dim=1)
             x = x.gather(1, inverse[..., None].expand(-1, -1, x.shape[-1]))
-        return self.output_layer(x, c, output_rows)
+        return self.output_layer(x, c, output_rows, head)
 
 
 def build_model(n_layers: int, d_model: int, n_heads: int, vocab_size: int,
@@ -385,7 +403,7 @@ def forbid_token(logits: torch.Tensor, token_id: int) -> torch.Tensor:
     Eso-LM; the AR and Duo codes do the same). Low-precision logits (bf16 autocast) are filled in
     place in their float32 copy; float32 ones are copied first, so a caller's tensor is never
     modified."""
-    if logits.dtype == torch.float32:
+    if logits.element_size() >= 4:  # float32 (float64 in tests stays float64)
         return logits.index_fill(-1, torch.tensor([token_id], device=logits.device), float("-inf"))
     logits = logits.float()
     logits[..., token_id] = float("-inf")

@@ -15,6 +15,10 @@ first step:
   the log-softmax, and as many again in backward): at the 113M shape on a GPU that is tens of GB
   of memory traffic per step; compiled, each is one read of the logits forward and one backward.
 
+``fused_head: true`` (resources.fused_head): the families' training losses run the output head and
+the loss together, chunk by chunk (trainers/fused_head.py), and never hold the whole [rows, K]
+logits; validation under no_grad does the same.
+
 `attention_context(device)`: the scaled_dot_product_attention backends to try, in order. On a
 Hopper GPU cuDNN's attention goes first (AR's attention kernels at the 113M shape: 13.3 ms per step
 against 19.8 ms for PyTorch's default flash attention 2 on an H200, benchmarks/GPU_NOTES.md);
@@ -33,7 +37,7 @@ from trainers.backbone import forbid_token
 
 CompileMode = Literal["auto"] | bool
 AttentionBackend = Literal["auto", "default", "cudnn", "flash", "efficient"]
-_STATE: dict = {"compile": False, "attention": "auto"}
+_STATE: dict = {"compile": False, "attention": "auto", "fused_head": False}
 
 
 def resolve_compile(compile_mode: CompileMode, device: str) -> bool:
@@ -45,18 +49,29 @@ def resolve_compile(compile_mode: CompileMode, device: str) -> bool:
     return bool(compile_mode)
 
 
-def configure(compile_mode: CompileMode, device: str, attention: AttentionBackend = "auto") -> bool:
+def configure(compile_mode: CompileMode, device: str, attention: AttentionBackend = "auto",
+              fused_head: bool = False) -> bool:
     """Set this process's choices (module docstring); returns whether compilation is on."""
     _STATE["compile"] = resolve_compile(compile_mode, device)
     _STATE["attention"] = attention
+    _STATE["fused_head"] = bool(fused_head)
     return _STATE["compile"]
 
 
-def compile_blocks(model: torch.nn.Module) -> None:
+def compiling() -> bool:
+    return _STATE["compile"]
+
+
+def fused_head_enabled() -> bool:
+    """Whether the families run their head and loss through trainers/fused_head.py."""
+    return _STATE["fused_head"]
+
+
+def compile_blocks(model: torch.nn.Module, mode: str | None = None) -> None:
     """Compile each transformer block in place (state_dict keys unchanged, so checkpoints and
-    save_pretrained are the same as eager)."""
+    save_pretrained are the same as eager); mode: torch.compile's (None = its default)."""
     for block in model.blocks:
-        block.compile()
+        block.compile(mode=mode)
 
 
 # ---------------------------------------------------------------- loss heads (pure maths)

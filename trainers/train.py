@@ -186,7 +186,7 @@ def _build_model(ctx: _Context):
     torch.manual_seed(derive_seed(spec.recipe.seed, 0))
     model = build_model(shape.n_layers, shape.d_model, shape.n_heads, spec.vocab_size,
                         attention=ctx.entry.attention, mask_token_id=ctx.data.mask_token_id)
-    if kernels.configure(spec.resources.compile, ctx.proc.device):
+    if kernels.configure(spec.resources.compile, ctx.proc.device, fused_head=spec.resources.fused_head):
         kernels.compile_blocks(model)  # compiled lazily, at the first step
     ctx.setup.model_s = time.perf_counter() - t
     return family, model

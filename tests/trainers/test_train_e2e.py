@@ -152,6 +152,22 @@ def test_compiled_run_trains_like_the_eager_one(cache, tmp_path):
         assert results[True][key] == pytest.approx(results[False][key], rel=1e-4)
 
 
+@pytest.mark.parametrize("family", ["mdlm", "duo"])
+def test_fused_head_run_trains_like_the_plain_one(family, cache, tmp_path):
+    """`resources.fused_head` (trainers/fused_head.py) through a whole run: MDLM for the scored
+    rows and its weights, Duo for its loss of three row statistics. The same run to float32
+    rounding (the chunked sums round differently)."""
+    results = {}
+    for fused in (False, True):
+        spec = make_spec(family, steps=20, resources={"fused_head": fused})
+        out = tmp_path / f"run-{fused}"
+        train(spec, out, cache)
+        results[fused] = json.loads((out / "result.json").read_text())
+    assert results[True]["run_id"] == results[False]["run_id"]
+    for key in ("val_loss", "train_loss"):
+        assert results[True][key] == pytest.approx(results[False][key], rel=1e-4)
+
+
 # ---------------------------------------------------------------- resume after SIGKILL
 
 
@@ -190,23 +206,29 @@ def test_killed_run_resumes_exactly(cache, tmp_path):
 # ---------------------------------------------------------------- the batch split is exact
 
 
+def train_two_workers(spec: RunSpec, out: Path, cache: Path) -> None:
+    """Two training processes (torchrun, gloo) of one run."""
+    from trainers.dist import find_free_port
+
+    spec_path = out.parent / f"{out.name}.spec.json"
+    spec_path.write_text(spec.to_json())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(find_free_port()), "-m", "trainers.train", "--spec", str(spec_path), "--out", str(out),
+           "--cache-dir", str(cache), "--no-progress"]
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+
 @pytest.mark.slow  # two training processes at once: ~20 s on a 2-core machine
 def test_accumulation_equals_two_workers(cache, tmp_path):
     """One process accumulating 2 micro-batches of 4 and two processes (torchrun, gloo) of 4 each
     see the same rows, times and corruption draws (seeded per global row offset), so they train
     the same model; rank 0 alone writes, and the logged loss is the mean over workers."""
-    from trainers.dist import find_free_port
-
     single = make_spec("mdlm", steps=20, recipe={"micro_batch_seqs": 4})
     workers = make_spec("mdlm", steps=20)
     train(single, tmp_path / "single", cache)
-    spec_path = tmp_path / "workers.spec.json"
-    spec_path.write_text(workers.to_json())
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(find_free_port()), "-m", "trainers.train", "--spec", str(spec_path), "--out",
-           str(tmp_path / "workers"), "--cache-dir", str(cache), "--no-progress"]
-    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train_two_workers(workers, tmp_path / "workers", cache)
     a, b = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("single", "workers"))
     assert (a["accumulation_steps"], a["world_size"]) == (2, 1)
     assert (b["accumulation_steps"], b["world_size"], b["micro_batch_seqs"]) == (1, 2, 4)
@@ -214,6 +236,23 @@ def test_accumulation_equals_two_workers(cache, tmp_path):
     rows_a, rows_b = metrics(tmp_path / "single"), metrics(tmp_path / "workers")
     assert [r["step"] for r in rows_b] == [r["step"] for r in rows_a]  # one writer, no duplicates
     assert [r["loss"] for r in rows_b] == pytest.approx([r["loss"] for r in rows_a], abs=1e-5)
+
+
+@pytest.mark.slow  # two training processes at once: ~20 s on a 2-core machine
+def test_zero3_two_workers_with_the_fused_head_equal_one_plain_worker(cache, tmp_path):
+    """ZeRO-3 partitions every parameter over the workers; the fused head reads the head's weight
+    inside the module call for which ZeRO-3 gathers it. Duo (the fused head's most involved loss),
+    two workers, against one worker accumulating the same two micro-batches with the plain head:
+    measured 3e-8 relative on the validation loss after 20 steps."""
+    single = make_spec("duo", steps=20, recipe={"micro_batch_seqs": 4})
+    workers = make_spec("duo", steps=20, resources={"zero_stage": 3, "fused_head": True})
+    train(single, tmp_path / "single", cache)
+    train_two_workers(workers, tmp_path / "workers", cache)
+    a, b = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("single", "workers"))
+    assert b["world_size"] == 2
+    assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
+    assert [r["loss"] for r in metrics(tmp_path / "workers")] == pytest.approx(
+        [r["loss"] for r in metrics(tmp_path / "single")], rel=1e-5)
 
 
 # ---------------------------------------------------------------- divergence

@@ -13,6 +13,7 @@ import torch
 from trainers import kernels
 from trainers.families.base import Family
 from trainers.families.registry import AROptions, get_entry
+from trainers.fused_head import HeadOutput, cross_entropy_rows
 from trainers.samplers import ar as sampler
 
 ENTRY = get_entry("ar")
@@ -24,13 +25,24 @@ class ARFamily(Family):
     needs_time = False
 
     def token_nats(self, model, tokens: torch.Tensor) -> torch.Tensor:
-        """-log p(x_{l+1} | x_{<=l}), FloatTensor[B, L - 1]."""
+        """-log p(x_{l+1} | x_{<=l}), FloatTensor[B, L - 1] (detached with the fused head)."""
+        if kernels.fused_head_enabled() and not torch.is_grad_enabled():
+            return self.fused_nats(model, tokens, None).rows.view(tokens.shape[0], -1)
         logits = model(input_ids=tokens[:, :-1], sigma=None)
         nats = kernels.cross_entropy_without(logits.flatten(0, 1), tokens[:, 1:].flatten(),
                                              self.mask_token_id)
         return nats.view(tokens.shape[0], -1)
 
+    def fused_nats(self, model, tokens: torch.Tensor, weights: float | None) -> HeadOutput:
+        """The NLL with the head and loss fused (trainers/fused_head.py): the weighted sum over
+        scored tokens and the nats per token, row-major over [B, L - 1]."""
+        targets = tokens[:, 1:].flatten()
+        return model(input_ids=tokens[:, :-1], sigma=None,
+                     head=cross_entropy_rows(targets, self.mask_token_id, weights))
+
     def training_loss(self, model, tokens, t=None, generator=None):
+        if kernels.fused_head_enabled():
+            return self.fused_nats(model, tokens, 1.0 / (tokens.shape[0] * (tokens.shape[1] - 1))).loss
         return self.token_nats(model, tokens).mean()
 
     def validation_nats(self, model, tokens, t=None, generator=None):

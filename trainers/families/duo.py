@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from trainers import kernels, noise
 from trainers.families.base import Family
 from trainers.families.registry import DuoOptions, get_entry
+from trainers.fused_head import HeadOutput, RowLoss, RowStats
 from trainers.samplers import duo as sampler
 
 ENTRY = get_entry("duo")
@@ -47,19 +48,29 @@ def duo_nelbo_per_token(log_x_theta: torch.Tensor, xt: torch.Tensor, x0: torch.T
     sum over real j of log xbar_theta_j = K log(1 - alpha) + sum over all columns of log1p(r x_j)
     (a zero-probability column adds log1p(0) = 0): no special case for where [MASK] sits.
     """
-    K = n_real
-    one_minus = 1.0 - alpha_t
-    r = K * alpha_t / one_minus
+    r = n_real * alpha_t / (1.0 - alpha_t)
     # log1p(r x) = softplus(log r + log x): one pass over [B, L, V] instead of exp, mul and log1p
     # (this sum is the loss's only full-vocabulary term besides the log-softmax itself).
     log_r = torch.log(r)
     log1p_sum = F.softplus(log_x_theta + log_r[..., None]).sum(-1)
     # One gather for both picked columns: a gather's backward writes a dense [B, L, V] gradient.
     log_x_xt, log_x_x0 = log_x_theta.gather(-1, torch.stack([xt, x0], dim=-1)).unbind(-1)
+    return duo_nelbo_from_stats(log1p_sum, log_x_xt, log_x_x0, (x0 == xt).to(log_x_theta.dtype),
+                                alpha_t, dalpha_t, n_real, log_r)
+
+
+def duo_nelbo_from_stats(log1p_sum: torch.Tensor, log_x_xt: torch.Tensor, log_x_x0: torch.Tensor,
+                         eq: torch.Tensor, alpha_t: torch.Tensor, dalpha_t: torch.Tensor, n_real: int,
+                         log_r: torch.Tensor) -> torch.Tensor:
+    """The integrand of `duo_nelbo_per_token` from its three per-token statistics (any common
+    shape): log1p_sum = sum_j softplus(log x_theta_j + log_r), log x_theta at x_t and at x_0, and
+    eq = [x_0 == x_t]. trainers/fused_head.py computes the statistics chunk by chunk."""
+    K = n_real
+    one_minus = 1.0 - alpha_t
+    r = K * alpha_t / one_minus
     log1p_xt, log1p_x0 = F.softplus(log_x_xt + log_r), F.softplus(log_x_x0 + log_r)
     x_theta_xt = log_x_xt.exp()
 
-    eq = (x0 == xt).to(log_x_theta.dtype)
     neq = 1.0 - eq
     xbar_xt = one_minus + K * alpha_t * eq
     xbar_theta_xt = K * alpha_t * x_theta_xt + one_minus
@@ -72,6 +83,21 @@ def duo_nelbo_per_token(log_x_theta: torch.Tensor, xt: torch.Tensor, x0: torch.T
     return dalpha_t / (K * alpha_t) * (term1 - (term2_theta + term2_offset))
 
 
+def duo_rows(xt: torch.Tensor, x0: torch.Tensor, alpha_t: torch.Tensor, dalpha_t: torch.Tensor,
+             n_real: int, forbid_id: int, weights: float | None) -> RowLoss:
+    """Duo's NELBO integrand as a loss of row statistics (trainers/fused_head.py); one row per
+    token: xt, x0 LongTensor[n], alpha_t, dalpha_t FloatTensor[n]."""
+    log_r = torch.log(n_real * alpha_t / (1.0 - alpha_t))
+    eq = (x0 == xt).to(alpha_t.dtype)
+
+    def loss_fn(stats: RowStats, part: slice) -> torch.Tensor:
+        return duo_nelbo_from_stats(stats.log1p_sum, stats.picked[:, 0] - stats.lse,
+                                    stats.picked[:, 1] - stats.lse, eq[part], alpha_t[part],
+                                    dalpha_t[part], n_real, log_r[part])
+
+    return RowLoss(torch.stack([xt, x0], dim=-1), forbid_id, loss_fn, weights, log_r)
+
+
 class DuoFamily(Family):
     name = ENTRY.name
     attention = ENTRY.attention
@@ -81,18 +107,37 @@ class DuoFamily(Family):
     def n_real(self) -> int:
         return self.vocab_size - 1  # every id but [MASK]
 
-    def token_nelbo(self, model, tokens: torch.Tensor, t: torch.Tensor,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-        """NELBO integrand per token at times t ([B]), FloatTensor[B, L]."""
+    def corrupt(self, tokens: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None):
+        """(x_t, alpha_t, alpha'_t) at times t ([B]): the uniform-state corruption of `tokens`."""
         t = t.to(tokens.device)
         alpha_t = noise.alpha(t)
         xt = uniform_corrupt(tokens, alpha_t, self.mask_token_id, self.n_real, generator)
+        return xt, alpha_t, noise.alpha_derivative(t)
+
+    def token_nelbo(self, model, tokens: torch.Tensor, t: torch.Tensor,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """NELBO integrand per token at times t ([B]), FloatTensor[B, L] (detached with the fused
+        head)."""
+        if kernels.fused_head_enabled() and not torch.is_grad_enabled():
+            return self.fused_nelbo(model, tokens, t, generator, None).rows.view_as(tokens)
+        xt, alpha_t, dalpha_t = self.corrupt(tokens, t, generator)
         logits = model(input_ids=xt, sigma=noise.sigma_from_alpha(alpha_t))
-        return kernels.duo_nelbo_from_logits(logits, xt, tokens, alpha_t[:, None],
-                                             noise.alpha_derivative(t)[:, None], self.n_real,
-                                             self.mask_token_id)
+        return kernels.duo_nelbo_from_logits(logits, xt, tokens, alpha_t[:, None], dalpha_t[:, None],
+                                             self.n_real, self.mask_token_id)
+
+    def fused_nelbo(self, model, tokens: torch.Tensor, t: torch.Tensor,
+                    generator: torch.Generator | None, weights: float | None) -> HeadOutput:
+        """The NELBO with the head and loss fused (trainers/fused_head.py): the weighted sum over
+        tokens and the integrand per token, row-major over [B, L]."""
+        xt, alpha_t, dalpha_t = self.corrupt(tokens, t, generator)
+        per_token = [v[:, None].expand_as(tokens).flatten() for v in (alpha_t, dalpha_t)]
+        return model(input_ids=xt, sigma=noise.sigma_from_alpha(alpha_t),
+                     head=duo_rows(xt.flatten(), tokens.flatten(), *per_token, self.n_real,
+                                   self.mask_token_id, weights))
 
     def training_loss(self, model, tokens, t, generator=None):
+        if kernels.fused_head_enabled():
+            return self.fused_nelbo(model, tokens, t, generator, 1.0 / tokens.numel()).loss
         return self.token_nelbo(model, tokens, t, generator).mean()
 
     def validation_nats(self, model, tokens, t, generator=None):

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import torch
 
-from trainers import noise
+from trainers import kernels, noise
 from trainers.families.base import Family
-from trainers.families.mdlm import mask_tokens, scored_cross_entropy
+from trainers.families.mdlm import fused_scored_cross_entropy, mask_tokens, scored_cross_entropy
 from trainers.families.registry import EsoLMOptions, get_entry
 from trainers.samplers import esolm as sampler
 
@@ -67,30 +67,41 @@ class EsoLMFamily(Family):
     def alpha_0(self) -> float:
         return self.options.alpha_0
 
-    def diffusion_nats(self, model, tokens: torch.Tensor, t: torch.Tensor,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """Unweighted -log p(x^l | x_t) at masked positions under a clean-first causal order, [B, L]."""
+    def diffusion_inputs(self, tokens: torch.Tensor, t: torch.Tensor,
+                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(targets, scored, model inputs) of the diffusion term: the masked positions of x_t,
+        read under a clean-first causal order."""
         x_t, masked = mask_tokens(tokens, noise.alpha(t, self.alpha_0), self.mask_token_id, generator)
         permutation = clean_first_permutation(masked, generator)
-        return scored_cross_entropy(model, tokens, masked, self.mask_token_id, input_ids=x_t, sigma=None,
-                                    permutation=permutation)
+        return tokens, masked, dict(input_ids=x_t, sigma=None, permutation=permutation)
 
-    def sequential_nats(self, model, tokens: torch.Tensor,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
-        """-log p of the tokens still masked at alpha_0, each given the clean ones and the masked
-        ones left of it, [B, L] in the sorted order (0 at clean slots)."""
+    def sequential_inputs(self, tokens: torch.Tensor,
+                          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(targets, scored, model inputs) of the sequential term over [z_0 sorted ; x_0 sorted]:
+        only z_0's masked slots (in the first L) are scored."""
         B, L = tokens.shape
         alpha_0 = torch.full((B,), self.alpha_0, device=tokens.device)
         z_0, masked = mask_tokens(tokens, alpha_0, self.mask_token_id, generator)
         permutation = clean_first_permutation(masked, generator, masked_in_order=True)
         x_sorted = tokens.gather(1, permutation)
-        scored = masked.gather(1, permutation)  # only z_0's masked slots (the first L) are scored
-        nats = scored_cross_entropy(
-            model, torch.cat([x_sorted, x_sorted], dim=1), torch.cat([scored, torch.zeros_like(scored)], 1),
-            self.mask_token_id, input_ids=torch.cat([z_0.gather(1, permutation), x_sorted], dim=1),
-            sigma=None, position_ids=torch.cat([permutation, permutation], dim=1),
-            attention_mask=sequential_attention_mask(L, tokens.device))
-        return nats[:, :L]
+        scored = masked.gather(1, permutation)
+        inputs = dict(input_ids=torch.cat([z_0.gather(1, permutation), x_sorted], dim=1), sigma=None,
+                      position_ids=torch.cat([permutation, permutation], dim=1),
+                      attention_mask=sequential_attention_mask(L, tokens.device))
+        return torch.cat([x_sorted, x_sorted], dim=1), torch.cat([scored, torch.zeros_like(scored)], 1), inputs
+
+    def diffusion_nats(self, model, tokens: torch.Tensor, t: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """Unweighted -log p(x^l | x_t) at masked positions under a clean-first causal order, [B, L]."""
+        targets, scored, inputs = self.diffusion_inputs(tokens, t, generator)
+        return scored_cross_entropy(model, targets, scored, self.mask_token_id, **inputs)
+
+    def sequential_nats(self, model, tokens: torch.Tensor,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+        """-log p of the tokens still masked at alpha_0, each given the clean ones and the masked
+        ones left of it, [B, L] in the sorted order (0 at clean slots)."""
+        targets, scored, inputs = self.sequential_inputs(tokens, generator)
+        return scored_cross_entropy(model, targets, scored, self.mask_token_id, **inputs)[:, :tokens.shape[1]]
 
     def _nats(self, model, tokens, t, generator, weighted: bool) -> torch.Tensor:
         t = t.to(tokens.device)
@@ -102,7 +113,14 @@ class EsoLMFamily(Family):
         return nats
 
     def training_loss(self, model, tokens, t, generator=None):
-        return self._nats(model, tokens, t, generator, weighted=False).mean() / tokens.shape[1]
+        if not kernels.fused_head_enabled():
+            return self._nats(model, tokens, t, generator, weighted=False).mean() / tokens.shape[1]
+        weight = 1.0 / tokens.numel()  # both terms: mean over sequences, per token
+        terms = [self.diffusion_inputs(tokens, t.to(tokens.device), generator)]
+        if self.alpha_0 < 1.0:
+            terms.append(self.sequential_inputs(tokens, generator))
+        return sum(fused_scored_cross_entropy(model, targets, scored, self.mask_token_id, weight, **inputs)[0]
+                   for targets, scored, inputs in terms)
 
     def validation_nats(self, model, tokens, t, generator=None):
         return self._nats(model, tokens, t, generator, weighted=True), tokens.shape[1]

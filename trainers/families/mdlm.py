@@ -22,6 +22,7 @@ import torch
 from trainers import kernels, noise
 from trainers.families.base import Family
 from trainers.families.registry import MDLMOptions, get_entry
+from trainers.fused_head import cross_entropy_rows
 from trainers.samplers import mdlm as sampler
 
 ENTRY = get_entry("mdlm")
@@ -46,10 +47,27 @@ def scored_cross_entropy(model, targets: torch.Tensor, scored: torch.Tensor, mas
                          **model_inputs) -> torch.Tensor:
     """masked_cross_entropy with the model's head run only at the scored positions (`output_rows`):
     clean positions cost nothing under SUBS, and about half the tokens are clean on average, so
-    the head matmul and the log-softmax shrink by half. Same numbers, FloatTensor[B, L]."""
+    the head matmul and the log-softmax shrink by half. Same numbers, FloatTensor[B, L].
+    Under no_grad with the fused head (trainers/fused_head.py) the logits are never whole."""
+    if kernels.fused_head_enabled() and not torch.is_grad_enabled():
+        return fused_scored_cross_entropy(model, targets, scored, mask_token_id, None, **model_inputs)[1]
     logits = model(**model_inputs, output_rows=scored)  # [n_scored, K]
     nats = kernels.cross_entropy_without(logits, targets[scored], mask_token_id)
     return torch.zeros(targets.shape, dtype=nats.dtype, device=nats.device).masked_scatter(scored, nats)
+
+
+def fused_scored_cross_entropy(model, targets: torch.Tensor, scored: torch.Tensor, mask_token_id: int,
+                               weights: torch.Tensor | float | None,
+                               **model_inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum over scored positions of weight * nats, differentiable; nats FloatTensor[B, L],
+    detached, 0 where not scored), the head and loss fused. weights: FloatTensor[B, L] (read at
+    the scored positions), one number, or None (= 1)."""
+    if isinstance(weights, torch.Tensor):
+        weights = weights[scored]
+    out = model(**model_inputs, output_rows=scored,
+                head=cross_entropy_rows(targets[scored], mask_token_id, weights))
+    nats = torch.zeros(targets.shape, dtype=out.rows.dtype, device=out.rows.device)
+    return out.loss, nats.masked_scatter(scored, out.rows)
 
 
 class MDLMFamily(Family):
@@ -65,6 +83,14 @@ class MDLMFamily(Family):
 
     def training_loss(self, model, tokens, t, generator=None):
         t = t.to(tokens.device)
+        if kernels.fused_head_enabled():
+            B, L = tokens.shape
+            weights = 1.0 / (B * L)
+            if self.options.objective == "nelbo":
+                weights = (noise.masked_nelbo_weight(t) * weights)[:, None].expand(B, L)
+            x_t, masked = mask_tokens(tokens, noise.alpha(t), self.mask_token_id, generator)
+            return fused_scored_cross_entropy(model, tokens, masked, self.mask_token_id, weights,
+                                              input_ids=x_t, sigma=None)[0]
         nats = self.masked_nats(model, tokens, t, generator).sum(1)
         if self.options.objective == "nelbo":
             nats = nats * noise.masked_nelbo_weight(t)
