@@ -63,6 +63,23 @@ def test_duo_rows_match_the_plain_nelbo():
         torch.testing.assert_close(a, e)
 
 
+def test_duo_closed_form_gradients_equal_autograd():
+    """duo_nelbo_stat_grads against autograd through duo_nelbo_from_stats (the fused head's
+    fallback when a loss has no closed form)."""
+    from dataclasses import replace
+
+    g, x, w, b = _inputs()
+    xt, x0 = torch.randint(0, K - 1, (N,), generator=g), torch.randint(0, K - 1, (N,), generator=g)
+    x0[:9] = xt[:9]
+    alpha = torch.rand(N, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    weights = torch.rand(N, generator=g, dtype=torch.float64)
+    request = duo_rows(xt, x0, alpha, -torch.ones(N, dtype=torch.float64), K - 1, FORBID, weights)
+    closed = fused_head_loss(x, w, b, request, rows_per_chunk=8)
+    by_autograd = fused_head_loss(x, w, b, replace(request, stat_grads=None), rows_per_chunk=8)
+    for a, e in zip(_grads(closed.loss, x, w, b), _grads(by_autograd.loss, x, w, b)):
+        torch.testing.assert_close(a, e)
+
+
 def test_no_grad_gives_the_rows_only():
     g, x, w, b = _inputs(torch.float32)
     targets = torch.randint(0, K - 1, (N,), generator=g)
