@@ -23,6 +23,10 @@ def writable_folder(path: str | Path, chosen_by: str) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserError(f"{chosen_by} {path}: cannot write there ({err.strerror}); choose a "
-                        "writable folder") from None
+        raise unwritable(path, chosen_by, err) from None
     return path
+
+
+def unwritable(path: str | Path, chosen_by: str, err: OSError) -> UserError:
+    """The one line for a folder the user chose that cannot be written."""
+    return UserError(f"{chosen_by} {path}: cannot write there ({err.strerror}); choose a writable folder")

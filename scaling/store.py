@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from scaling.errors import UserError, writable_folder
+from scaling.errors import UserError, unwritable, writable_folder
 from scaling.runspec import RunSpec
 
 STATES = ("pending", "running", "succeeded", "failed", "interrupted")
@@ -129,8 +129,7 @@ class RunStore:
         try:
             handle = open(self.root / DRIVER_LOCK, "a+")
         except OSError as err:  # the folder exists but is not ours to write
-            raise UserError(f"output_dir {self.root}: cannot write there ({err.strerror}); choose a "
-                            "writable folder") from None
+            raise unwritable(self.root, "output_dir", err) from None
         with handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -148,12 +148,10 @@ def _loss_and_stat_grads(request: RowLoss, stats: RowStats, part: slice, want_gr
     """(row losses [c], their weighted sum, and when want_grad the gradients of that sum with
     respect to lse, picked and log1p_sum: closed form when the request has one, else autograd)."""
     row_weights = _row_weights(request.weights, part, stats.lse)
-    if not want_grad:
+    if not want_grad or request.stat_grads is not None:
         chunk_loss = request.loss_fn(stats, part).to(stats.lse.dtype)
-        return chunk_loss, (chunk_loss * row_weights).sum(), None
-    if request.stat_grads is not None:
-        chunk_loss = request.loss_fn(stats, part).to(stats.lse.dtype)
-        return chunk_loss, (chunk_loss * row_weights).sum(), request.stat_grads(stats, part, row_weights)
+        grads = request.stat_grads(stats, part, row_weights) if want_grad else None
+        return chunk_loss, (chunk_loss * row_weights).sum(), grads
     leaves = [None if stat is None else stat.detach().requires_grad_() for stat in stats]
     with torch.enable_grad():
         chunk_loss = request.loss_fn(RowStats(*leaves), part).to(stats.lse.dtype)
