@@ -11,7 +11,8 @@
 # (benchmarks/train_throughput.py --compile, --attention, --micro-batch, --global-batch); options,
 # joined by '+': bf16w (DeepSpeed's bf16 mode: bf16 weights, fp32 master weights in the optimizer,
 # instead of autocast), dsclip (DeepSpeed's own gradient clipping), fusedhead (the head and loss
-# fused chunk by chunk: trainers/fused_head.py, resources.fused_head). Variants stop being started once
+# fused chunk by chunk: trainers/fused_head.py, resources.fused_head), chunkMIB (with fusedhead: its
+# chunk budget in MiB of float32 logits, e.g. chunk256). Variants stop being started once
 # BUDGET_S seconds have passed. PROFILE_STEPS optimizer steps are profiled (default 3).
 # DS_OVERRIDES (JSON) is merged into every variant's DeepSpeed config (it wins over the bf16w
 # option), e.g. bf16 weights for every variant:
@@ -36,6 +37,8 @@ for v in $VARIANTS; do
   [[ "+${opts:-}+" == *+bf16w+* ]] && extra+=(--deepspeed-overrides '{"bf16": {"enabled": true}, "torch_autocast": {"enabled": false}}')
   [[ "+${opts:-}+" == *+dsclip+* ]] && extra+=(--deepspeed-clip)
   [[ "+${opts:-}+" == *+fusedhead+* ]] && extra+=(--fused-head)
+  chunk=$(grep -o -E '(^|\+)chunk[0-9]+' <<<"${opts:-}" | grep -o -E '[0-9]+')
+  [[ -n "$chunk" ]] && extra+=(--fused-chunk-mib "$chunk")
   if (( $(date +%s) - start > BUDGET_S )); then summary+=("$v skipped (budget)"); continue; fi
   log="$LOG_DIR/$(echo "$v" | tr ':+' '__').log"
   t0=$(date +%s)

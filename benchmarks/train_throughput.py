@@ -160,6 +160,10 @@ def measure(args, device: str, precision: str, micro_batch: int,
 
     proc = prepare_process(args.threads, use_gpu=device != "cpu")
     configure(args.compile != "off", device, attention=args.attention, fused_head=args.fused_head)
+    if args.fused_chunk_mib:  # the fused head's chunk budget on this device (trainers/fused_head.py)
+        from trainers import fused_head
+
+        fused_head.CHUNK_BYTES[device.split(":")[0]] = args.fused_chunk_mib * 2**20
     deepspeed = import_deepspeed(proc.world_size, proc.device)
     import logging
 
@@ -347,6 +351,9 @@ def parse_args(argv=None):
     p.add_argument("--fused-head", action="store_true",
                    help="the head and loss fused, chunk by chunk (trainers/fused_head.py, "
                         "resources.fused_head), in both loops")
+    p.add_argument("--fused-chunk-mib", type=int, default=None,
+                   help="with --fused-head: float32 logits per chunk, MiB (default: "
+                        "fused_head.CHUNK_BYTES, 1024 on a GPU)")
     p.add_argument("--no-plain", action="store_true", help="time the DeepSpeed loop only")
     p.add_argument("--deepspeed-overrides", type=json.loads, default={},
                    help="JSON merged into the DeepSpeed config, as resources.deepspeed_overrides "
