@@ -11,7 +11,8 @@
 # COMPILE=off|blocks|whole and ATTENTION=auto|default|cudnn|flash pick other paths; GLOBAL_BATCH
 # (default 256, the paper's recipe: 16 micro-batches of 16 accumulated per optimizer step) and
 # DS_OVERRIDES (JSON merged into the DeepSpeed config, e.g. bf16 weights) the run's recipe;
-# FUSED_HEAD=1 fuses the head and loss (resources.fused_head: trainers/fused_head.py).
+# FUSED_HEAD=auto|on|off the fused head and loss (resources.fused_head: trainers/fused_head.py; auto,
+# a run's default, is on for a GPU).
 #
 #   bash benchmarks/gpu_check.sh            # uses `python3` (or $PYTHON)
 #
@@ -30,7 +31,7 @@ for family in ar mdlm duo esolm; do
   out=$($PY benchmarks/train_throughput.py --part gpu --family "$family" --rounds "$ROUNDS" \
         --steps "$STEPS" --warmup-steps 1 --micro-batch "${MICRO_BATCH:-16}" \
         --global-batch "${GLOBAL_BATCH:-256}" --compile "${COMPILE:-blocks}" \
-        --attention "${ATTENTION:-auto}" ${NO_PLAIN:+--no-plain} ${FUSED_HEAD:+--fused-head} \
+        --attention "${ATTENTION:-auto}" ${NO_PLAIN:+--no-plain} --fused-head "${FUSED_HEAD:-auto}" \
         ${DS_OVERRIDES:+--deepspeed-overrides "$DS_OVERRIDES"} 2>&1 | grep -v -i warn)
   echo "$out"
   TPS[$family]=$(echo "$out" | awk '/^gpu_deepspeed_tokens_per_s/ {print $2}')

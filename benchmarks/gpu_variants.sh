@@ -11,9 +11,9 @@
 # (benchmarks/train_throughput.py --compile, --attention, --micro-batch, --global-batch); options,
 # joined by '+': bf16w (DeepSpeed's bf16 mode: bf16 weights, fp32 master weights in the optimizer,
 # instead of autocast), dsclip (DeepSpeed's own gradient clipping), fusedhead (the head and loss
-# fused chunk by chunk: trainers/fused_head.py, resources.fused_head), chunkMIB (with fusedhead: its
-# chunk budget in MiB of float32 logits, e.g. chunk256). Variants stop being started once
-# BUDGET_S seconds have passed. PROFILE_STEPS optimizer steps are profiled (default 3).
+# fused chunk by chunk: trainers/fused_head.py, resources.fused_head; without it, the plain head,
+# whatever a run's default), chunkMIB (with fusedhead: its chunk budget in MiB of float32 logits,
+# e.g. chunk256). Variants stop being started once BUDGET_S seconds have passed. PROFILE_STEPS optimizer steps are profiled (default 3).
 # DS_OVERRIDES (JSON) is merged into every variant's DeepSpeed config (it wins over the bf16w
 # option), e.g. bf16 weights for every variant:
 #   DS_OVERRIDES='{"bf16": {"enabled": true}, "torch_autocast": {"enabled": false}}' \
@@ -36,7 +36,8 @@ for v in $VARIANTS; do
   [[ -n "${global:-}" ]] && extra+=(--global-batch "$global")
   [[ "+${opts:-}+" == *+bf16w+* ]] && extra+=(--deepspeed-overrides '{"bf16": {"enabled": true}, "torch_autocast": {"enabled": false}}')
   [[ "+${opts:-}+" == *+dsclip+* ]] && extra+=(--deepspeed-clip)
-  [[ "+${opts:-}+" == *+fusedhead+* ]] && extra+=(--fused-head)
+  # the head is named either way: a variant means the same whatever a run's default is
+  if [[ "+${opts:-}+" == *+fusedhead+* ]]; then extra+=(--fused-head on); else extra+=(--fused-head off); fi
   chunk=$(grep -o -E '(^|\+)chunk[0-9]+' <<<"${opts:-}" | grep -o -E '[0-9]+')
   [[ -n "$chunk" ]] && extra+=(--fused-chunk-mib "$chunk")
   if (( $(date +%s) - start > BUDGET_S )); then summary+=("$v skipped (budget)"); continue; fi

@@ -159,7 +159,8 @@ def measure(args, device: str, precision: str, micro_batch: int,
     from scaling.schema import Resources
 
     proc = prepare_process(args.threads, use_gpu=device != "cpu")
-    configure(args.compile != "off", device, attention=args.attention, fused_head=args.fused_head)
+    configure(args.compile != "off", device, attention=args.attention,
+              fused_head={"on": True, "off": False}.get(args.fused_head, "auto"))
     if args.fused_chunk_mib:  # the fused head's chunk budget on this device (trainers/fused_head.py)
         from trainers import fused_head
 
@@ -194,15 +195,19 @@ def measure(args, device: str, precision: str, micro_batch: int,
             torch.cuda.synchronize()
 
     tokens_per_round = args.steps * global_batch * args.seq
-    ds_rates, plain_rates, step = [], [], 0
+    ds_rates, plain_rates, step, peak_bytes = [], [], 0, 0
     for round_index in range(args.rounds + 1):  # round 0 warms up (allocator, autotuning, compile)
         first, last = step, step + (args.warmup_steps if round_index == 0 else args.steps)
         sync()
+        if device != "cpu":  # the DeepSpeed loop's own peak, not fit_micro_batch's eager probe
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         train_steps(engine, optimizer, family, data, loop_config(last), plan, rank=0, device=device,
                     precision=precision, state=LoopState(step=first), metrics=_NullMetrics())
         sync()
         t1 = time.perf_counter()
+        if device != "cpu" and round_index > 0:
+            peak_bytes = max(peak_bytes, torch.cuda.max_memory_allocated())
         if not args.no_plain:
             plain_steps(plain, plain_opt, family, data, loop_config(last), first, last, device,
                         precision, micro_batch)
@@ -215,7 +220,7 @@ def measure(args, device: str, precision: str, micro_batch: int,
     if args.profile_steps:
         profile_steps(args, engine, optimizer, family, data, loop_config, plan, device, precision, step)
     ds, pl = statistics.median(ds_rates), statistics.median(plain_rates)
-    return {"deepspeed": ds, "plain": pl, "ratio": ds / pl}
+    return {"deepspeed": ds, "plain": pl, "ratio": ds / pl, "peak_bytes": peak_bytes}
 
 
 def kernel_category(name: str) -> str:
@@ -311,7 +316,9 @@ def run_gpu(args) -> None:
     if not args.no_plain:
         print(f"gpu_plain_tokens_per_s {rates['plain']:.0f}")
         print(f"gpu_ratio {rates['ratio']:.3f}")
-    print(f"peak_memory_gib {torch.cuda.max_memory_allocated() / 2**30:.1f}")
+    # Allocated during the timed DeepSpeed steps, both models' weights and optimizer states included.
+    # Not the process's peak: that is fit_micro_batch's eager probe (GPU_NOTES' older figures).
+    print(f"peak_memory_gib {rates['peak_bytes'] / 2**30:.1f}")
     if peak is None:
         print(f"mfu nan  (unknown peak for {name!r}; pass --peak-flops)")
     else:
@@ -348,9 +355,9 @@ def parse_args(argv=None):
                         "max-autotune-no-cudagraphs mode; whole: the backbone as one graph")
     p.add_argument("--attention", choices=("auto", "default", "cudnn", "flash", "efficient"),
                    default="auto", help="scaled_dot_product_attention backend (trainers/kernels.py)")
-    p.add_argument("--fused-head", action="store_true",
-                   help="the head and loss fused, chunk by chunk (trainers/fused_head.py, "
-                        "resources.fused_head), in both loops")
+    p.add_argument("--fused-head", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
+                   help="the head and loss fused, chunk by chunk, in both loops (trainers/fused_head.py, "
+                        "resources.fused_head); auto, a run's default, = on a GPU only; bare = on")
     p.add_argument("--fused-chunk-mib", type=int, default=None,
                    help="with --fused-head: float32 logits per chunk, MiB (default: "
                         "fused_head.CHUNK_BYTES, 1024 on a GPU)")

@@ -21,12 +21,12 @@ REFERENCE_VOCAB = 32001
 REFERENCE_SEQ = 2048
 HOPPER_BF16_PEAK_FLOPS = 989e12  # dense bf16, H100/H200 SXM datasheet
 # Default when no throughput is given: AR on the 113M shape with a run's GPU defaults (bf16
-# autocast, compiled blocks and loss heads, cuDNN attention) at the paper's global batch (256 x 2048,
-# 16 micro-batches of 16 accumulated), measured by benchmarks/gpu_variants.sh on one H100 80GB HBM3,
-# 2026-11-27 (25.2% MFU). bf16 weights (DeepSpeed's bf16 mode) were 5% faster on the same card:
-# AR 397K, MDLM 394K, Duo 314K, Eso-LM 432K tokens/s (benchmarks/GPU_NOTES.md).
-MEASURED_TOKENS_PER_SECOND = 378_620.0
-MEASURED_ON = "AR on one H100, bf16 autocast, global batch 256 x 2048, 2026-11-27"
+# autocast, compiled blocks and loss heads, the fused head, cuDNN attention) at the paper's global
+# batch (256 x 2048, 16 micro-batches of 16 accumulated), measured by benchmarks/gpu_variants.sh on
+# one H100 80GB HBM3, 2026-11-27 (26.3% MFU; 384K tokens/s with the plain head in the same lease).
+# bf16 weights (DeepSpeed's bf16 mode) were 3-5% faster on the same cards (benchmarks/GPU_NOTES.md).
+MEASURED_TOKENS_PER_SECOND = 396_457.0
+MEASURED_ON = "AR on one H100, bf16 autocast, fused head, global batch 256 x 2048, 2026-11-27"
 
 
 def reference_flops_per_token(convention: str = "paper") -> float:

@@ -204,11 +204,12 @@ class Resources(Strict):
     # true / false (YAML's on / off read as those).
     compile: Literal["auto"] | StrictBool = "auto"
     # The output head and its loss in one chunked pass (trainers/fused_head.py): the [rows, vocab]
-    # logits are never held whole. Off by default: it rounds differently from the plain head.
-    fused_head: StrictBool = False
+    # logits are never held whole. auto = on a GPU only (faster there: benchmarks/GPU_NOTES.md;
+    # slower at a CPU demo's small vocabulary), or true / false.
+    fused_head: Literal["auto"] | StrictBool = "auto"
     deepspeed_overrides: dict[str, Any] = Field(default_factory=dict)  # merged into DeepSpeed's config
 
-    @field_validator("compile", mode="before")
+    @field_validator("compile", "fused_head", mode="before")
     @classmethod
     def _compile_choice(cls, value):
         if value == "auto" or isinstance(value, bool):

@@ -17,8 +17,10 @@ gradients) and the row losses themselves (detached, for validation and the per-s
 The families already know their weights (AR: 1/n; MDLM: w(t) per sequence over B L; Duo and Eso-LM:
 1/(B L)). Forward FLOPs are the plain head's; no matmul is recomputed.
 
-Selected by `resources.fused_head` (trainers/kernels.py `configure`); off by default: the chunked
-sums round differently from the whole-row kernels (float32 agreement, tests/trainers/test_fused_head.py).
+Selected by `resources.fused_head` (trainers/kernels.py `configure`): `auto`, the default, is on for
+CUDA (an H100 at the 113M shape: AR 3%, Duo 13% more tokens/s, benchmarks/GPU_NOTES.md) and off on a
+CPU (slower at a small vocabulary). The chunked sums round differently from the whole-row kernels
+(float32 agreement, tests/trainers/test_fused_head.py).
 This module is pure maths plus torch; the backbone calls `fused_head_loss` inside its output layer,
 so under ZeRO-3 the head's weights are gathered when it runs.
 """
@@ -34,7 +36,8 @@ import torch.nn.functional as F
 # A chunk's rows, from a budget of bytes for its float32 logits, per device type. CPU: 64 MiB (524
 # rows at K = 32001), for peak memory; a chunk's fixed costs are small against a CPU's matmuls. GPU:
 # 1 GiB (8,388 rows: 4 chunks for a micro-batch of 16 x 2048), because every chunk costs a dozen
-# kernel launches and a read-modify-write of the float32 weight gradient [K, d].
+# kernel launches and a read-modify-write of the float32 weight gradient [K, d]: on an H100, AR at
+# 256 MiB chunks lost the whole gain of the fused head (393,982 against 405,407 tokens/s).
 CHUNK_BYTES = {"cpu": 64 * 2**20, "cuda": 2**30}
 
 

@@ -15,9 +15,11 @@ first step:
   the log-softmax, and as many again in backward): at the 113M shape on a GPU that is tens of GB
   of memory traffic per step; compiled, each is one read of the logits forward and one backward.
 
-``fused_head: true`` (resources.fused_head): the families' training losses run the output head and
-the loss together, chunk by chunk (trainers/fused_head.py), and never hold the whole [rows, K]
-logits; validation under no_grad does the same.
+``fused_head: true`` (resources.fused_head; ``auto``, the default, = on CUDA only): the families'
+training losses run the output head and the loss together, chunk by chunk (trainers/fused_head.py),
+and never hold the whole [rows, K] logits; validation under no_grad does the same. On an H100 at
+the 113M shape that made AR 3% and Duo 13% faster; on a CPU, at the demo's vocabulary of 512, whole
+steps 0-11% slower (benchmarks/GPU_NOTES.md "The fused head").
 
 `attention_context(device)`: the scaled_dot_product_attention backends to try, in order. On a
 Hopper GPU cuDNN's attention goes first (AR's attention kernels at the 113M shape: 13.3 ms per step
@@ -40,26 +42,33 @@ AttentionBackend = Literal["auto", "default", "cudnn", "flash", "efficient"]
 _STATE: dict = {"compile": False, "attention": "auto", "fused_head": False}
 
 
-def resolve_compile(compile_mode: CompileMode, device: str) -> bool:
-    """`auto` compiles on CUDA only: on a CPU every run of a sweep would pay the compiler's
-    start-up (a 20-step MDLM test run: 3.9 s compiled against 0.4 s eager), against a per-run
-    overhead budget of 3 s, for the small gain of fusing a tiny model's elementwise work."""
-    if compile_mode == "auto":
+def resolve_auto(choice: CompileMode, device: str) -> bool:
+    """`auto` means on CUDA only, for compile and for fused_head. compile: on a CPU every run of a
+    sweep would pay the compiler's start-up (a 20-step MDLM test run: 3.9 s compiled against 0.4 s
+    eager), against a per-run overhead budget of 3 s, for the small gain of fusing a tiny model's
+    elementwise work. fused_head: at a CPU run's small vocabulary a chunk's fixed costs show."""
+    if choice == "auto":
         return device.startswith("cuda")
-    return bool(compile_mode)
+    return bool(choice)
 
 
 def configure(compile_mode: CompileMode, device: str, attention: AttentionBackend = "auto",
-              fused_head: bool = False) -> bool:
+              fused_head: CompileMode = False) -> bool:
     """Set this process's choices (module docstring); returns whether compilation is on."""
-    _STATE["compile"] = resolve_compile(compile_mode, device)
+    _STATE["compile"] = resolve_auto(compile_mode, device)
     _STATE["attention"] = attention
-    _STATE["fused_head"] = bool(fused_head)
+    _STATE["fused_head"] = resolve_auto(fused_head, device)
     return _STATE["compile"]
 
 
 def compiling() -> bool:
     return _STATE["compile"]
+
+
+def fast_paths() -> dict:
+    """This process's choices as resolved for its device, for the result record."""
+    return {"compile": _STATE["compile"], "fused_head": _STATE["fused_head"],
+            "attention": _STATE["attention"]}
 
 
 def fused_head_enabled() -> bool:

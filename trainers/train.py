@@ -272,6 +272,8 @@ def _train(ctx: _Context, engine, optimizer, family, state, progress: bool):
 
 def _finish(ctx: _Context, engine, family, model, outcome, train_loss, *, resumed_from: int) -> dict:
     """Validate, save the model, write result.json (rank 0), drop the checkpoints."""
+    from trainers import kernels
+
     t = time.perf_counter()
     val = _evaluate(ctx, engine, family)
     eval_s = time.perf_counter() - t
@@ -289,7 +291,7 @@ def _finish(ctx: _Context, engine, family, model, outcome, train_loss, *, resume
         train_wall_s=outcome.train_wall_s,
         setup_s=outcome.first_step_time - ctx.setup.process_start,
         setup_breakdown=ctx.setup.breakdown(), eval_s=eval_s, checkpoint_s=ctx.setup.checkpoint_s,
-        resumed_from_step=resumed_from)
+        resumed_from_step=resumed_from, fast_paths=kernels.fast_paths())
     atomic_write_json(ctx.run_dir / RESULT_FILE, record)
     shutil.rmtree(ctx.ckpt_root, ignore_errors=True)  # the run is done: model/ and result.json remain
     return record

@@ -80,9 +80,9 @@ def test_compile_reads_yaml_booleans(tmp_path, text, expected):
     assert load_sweep(path).resources.compile == expected
 
 
-@pytest.mark.parametrize("text,expected", [("on", True), ("off", False), ("auto", None)])
-def test_fused_head_is_a_boolean(tmp_path, text, expected):
-    """`resources.fused_head` (trainers/fused_head.py) is on or off; anything else names the key."""
+@pytest.mark.parametrize("text,expected", [("on", True), ("off", False), ("auto", "auto"), ("yes please", None)])
+def test_fused_head_is_auto_or_a_boolean(tmp_path, text, expected):
+    """`resources.fused_head` (trainers/fused_head.py) is auto, on or off; anything else names the key."""
     path = tmp_path / "s.yaml"
     path.write_text((REPO / "sweeps" / "smoke.yaml").read_text()
                     .replace("  cpus_per_worker: 1", f"  cpus_per_worker: 1\n  fused_head: {text}"))
@@ -90,4 +90,4 @@ def test_fused_head_is_a_boolean(tmp_path, text, expected):
         with pytest.raises(UserError, match="resources.fused_head"):
             load_sweep(path)
     else:
-        assert load_sweep(path).resources.fused_head is expected
+        assert load_sweep(path).resources.fused_head == expected

@@ -19,10 +19,23 @@ def compiled():
 
 
 def test_auto_compiles_on_gpus_only():
-    assert kernels.resolve_compile("auto", "cuda:0") and not kernels.resolve_compile("auto", "cpu")
-    assert kernels.resolve_compile(True, "cpu") and not kernels.resolve_compile(False, "cuda:0")
+    assert kernels.resolve_auto("auto", "cuda:0") and not kernels.resolve_auto("auto", "cpu")
+    assert kernels.resolve_auto(True, "cpu") and not kernels.resolve_auto(False, "cuda:0")
     # The default every test runs with: the eager maths itself.
     assert kernels._maybe_compiled("ce", kernels._cross_entropy_without) is kernels._cross_entropy_without
+
+
+def test_fused_head_auto_is_on_for_gpus_only():
+    """`resources.fused_head: auto` (the default): on CUDA, where it is faster; off on a CPU."""
+    try:
+        kernels.configure(False, "cuda:0", fused_head="auto")
+        assert kernels.fused_head_enabled()
+        kernels.configure(False, "cpu", fused_head="auto")
+        assert not kernels.fused_head_enabled()
+        kernels.configure(False, "cpu", fused_head=True)
+        assert kernels.fused_head_enabled()
+    finally:
+        kernels.configure(False, "cpu")
 
 
 def test_attention_context_is_a_no_op_on_cpu():

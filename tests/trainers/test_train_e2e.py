@@ -166,6 +166,8 @@ def test_fused_head_run_trains_like_the_plain_one(family, cache, tmp_path):
     assert results[True]["run_id"] == results[False]["run_id"]
     for key in ("val_loss", "train_loss"):
         assert results[True][key] == pytest.approx(results[False][key], rel=1e-4)
+    # the record says which path rounded its numbers (auto, the default, is off on a CPU)
+    assert [results[fused]["fast_paths"]["fused_head"] for fused in (False, True)] == [False, True]
 
 
 # ---------------------------------------------------------------- resume after SIGKILL
