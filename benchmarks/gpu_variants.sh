@@ -13,7 +13,8 @@
 # instead of autocast), dsclip (DeepSpeed's own gradient clipping), fusedhead (the head and loss
 # fused chunk by chunk: trainers/fused_head.py, resources.fused_head; without it, the plain head,
 # whatever a run's default), chunkMIB (with fusedhead: its chunk budget in MiB of float32 logits,
-# e.g. chunk256). Variants stop being started once BUDGET_S seconds have passed. PROFILE_STEPS optimizer steps are profiled (default 3).
+# e.g. chunk256). Variants stop being started once BUDGET_S seconds have passed. PROFILE_STEPS
+# optimizer steps are profiled (default 3).
 # DS_OVERRIDES (JSON) is merged into every variant's DeepSpeed config (it wins over the bf16w
 # option), e.g. bf16 weights for every variant:
 #   DS_OVERRIDES='{"bf16": {"enabled": true}, "torch_autocast": {"enabled": false}}' \

@@ -211,7 +211,7 @@ class Resources(Strict):
 
     @field_validator("compile", "fused_head", mode="before")
     @classmethod
-    def _compile_choice(cls, value):
+    def _auto_or_bool(cls, value):
         if value == "auto" or isinstance(value, bool):
             return value
         raise ValueError(f"got {value!r}; choose auto, true or false")
