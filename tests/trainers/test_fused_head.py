@@ -160,3 +160,51 @@ def test_every_family_trains_and_validates_the_same_through_the_fused_head(name,
     for a, e in zip(got[1], want[1]):
         torch.testing.assert_close(a, e)
     torch.testing.assert_close(got[2], want[2])
+
+
+# ---------------------------------------------------------------- on a GPU (`pytest -m gpu`)
+
+
+def _heads_on(device: str, name: str, options: dict, autocast: bool, random_model) -> dict:
+    """Training loss, gradients and validation of one family through the plain and the fused head,
+    with compiled kernels as a GPU run has them; vocabulary 1001 so the head is padded (align 64)."""
+    from trainers.families.registry import get_entry
+
+    vocab, mask = 1001, 1000
+    model = random_model(get_entry(name).attention, d_model=64, vocab_size=vocab, mask_token_id=mask,
+                         std=0.1).to(device)
+    tokens = torch.randint(0, mask, (4, 128), generator=torch.Generator().manual_seed(2)).to(device)
+    t = torch.tensor([0.1, 0.4, 0.7, 0.95], device=device)
+    out = {}
+    try:
+        for fused in (False, True):
+            kernels.configure(True, device, fused_head=fused)
+            family = build_family(name, options, vocab_size=vocab, mask_token_id=mask)
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
+                loss = family.training_loss(model, tokens, t, torch.Generator(device).manual_seed(5))
+                grads = torch.autograd.grad(loss, list(model.parameters()))
+                with torch.no_grad():
+                    nats, _ = family.validation_nats(model, tokens, t, torch.Generator(device).manual_seed(6))
+            out[fused] = (loss.detach().double(), [g.double() for g in grads], nats.double())
+    finally:
+        kernels.configure(False, "cpu")
+    return out
+
+
+def _assert_heads_agree(out: dict, rel: float) -> None:
+    (loss, grads, nats), (f_loss, f_grads, f_nats) = out[False], out[True]
+    assert abs(f_loss - loss) <= rel * abs(loss)
+    assert ((f_nats - nats).norm() <= rel * nats.norm())
+    for g, f in zip(grads, f_grads):  # relative in norm: bf16 rounds single entries coarsely
+        assert (f - g).norm() <= rel * g.norm() + 1e-12
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("name,options", CASES, ids=[f"{n}{o}" for n, o in CASES])
+def test_fused_head_on_cuda_matches_the_plain_head(name, options, autocast, random_model):
+    """The path a GPU run takes by default (resources.fused_head: auto): triton chunk kernels, the
+    head padded to 64 columns, cuBLAS. fp32 agrees to float32 rounding; bf16 autocast to bf16's."""
+    _assert_heads_agree(_heads_on("cuda:0", name, options, autocast, random_model),
+                        rel=2e-2 if autocast else 1e-4)
