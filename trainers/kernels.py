@@ -67,8 +67,7 @@ def compiling() -> bool:
 
 def fast_paths() -> dict:
     """This process's choices as resolved for its device, for the result record."""
-    return {"compile": _STATE["compile"], "fused_head": _STATE["fused_head"],
-            "attention": _STATE["attention"]}
+    return dict(_STATE)
 
 
 def fused_head_enabled() -> bool:

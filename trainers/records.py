@@ -126,7 +126,7 @@ def build_result(spec, *, device: str, world_size: int, precision: str, micro_ba
                  val_nats_per_token: float, val_tokens_scored: int, val_tokens_per_byte: float,
                  unigram_entropy_nats: float, data_digest: str, train_wall_s: float, setup_s: float,
                  setup_breakdown: dict[str, float], eval_s: float, checkpoint_s: float,
-                 resumed_from_step: int, fast_paths: dict[str, Any] | None = None) -> dict[str, Any]:
+                 resumed_from_step: int, fast_paths: dict[str, Any]) -> dict[str, Any]:
     """The result record of a finished run: what the analysis reads (scaling/store.py flattens it).
 
     Losses are nats per token: val_loss is the exact NLL (AR) or the NELBO (diffusion families) on
@@ -173,7 +173,7 @@ def build_result(spec, *, device: str, world_size: int, precision: str, micro_ba
         "device": torch.cuda.get_device_name() if on_gpu else device,
         "precision": precision,
         # what resources.compile / fused_head resolved to on this device: they round differently
-        "fast_paths": fast_paths or {},
+        "fast_paths": fast_paths,
         "world_size": world_size,
         "micro_batch_seqs": micro_batch_seqs,
         "accumulation_steps": accumulation_steps,

@@ -194,7 +194,7 @@ def _heads_on(device: str, name: str, options: dict, autocast: bool, random_mode
 def _assert_heads_agree(out: dict, rel: float) -> None:
     (loss, grads, nats), (f_loss, f_grads, f_nats) = out[False], out[True]
     assert abs(f_loss - loss) <= rel * abs(loss)
-    assert ((f_nats - nats).norm() <= rel * nats.norm())
+    assert (f_nats - nats).norm() <= rel * nats.norm()
     for g, f in zip(grads, f_grads):  # relative in norm: bf16 rounds single entries coarsely
         assert (f - g).norm() <= rel * g.norm() + 1e-12
 

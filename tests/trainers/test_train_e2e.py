@@ -221,7 +221,6 @@ def train_two_workers(spec: RunSpec, out: Path, cache: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-
 @pytest.mark.slow  # two training processes at once: ~20 s on a 2-core machine
 def test_accumulation_equals_two_workers(cache, tmp_path):
     """One process accumulating 2 micro-batches of 4 and two processes (torchrun, gloo) of 4 each
