@@ -14,7 +14,7 @@
 # fused chunk by chunk: trainers/fused_head.py, resources.fused_head; without it, the plain head,
 # whatever a run's default), chunkMIB (with fusedhead: its chunk budget in MiB of float32 logits,
 # e.g. chunk256). Variants stop being started once BUDGET_S seconds have passed. PROFILE_STEPS
-# optimizer steps are profiled (default 3).
+# optimizer steps are profiled (default 3), PROFILE_TOP kernels listed (default 8).
 # DS_OVERRIDES (JSON) is merged into every variant's DeepSpeed config (it wins over the bf16w
 # option), e.g. bf16 weights for every variant:
 #   DS_OVERRIDES='{"bf16": {"enabled": true}, "torch_autocast": {"enabled": false}}' \
@@ -46,7 +46,7 @@ for v in $VARIANTS; do
   t0=$(date +%s)
   timeout ${VARIANT_TIMEOUT_S:-150} $PY benchmarks/train_throughput.py --part gpu --family "$family" --compile "$compile" \
     --attention "$attention" --micro-batch "$micro" --rounds "${ROUNDS:-2}" --steps "${STEPS:-20}" \
-    --no-plain --profile-steps "${PROFILE_STEPS:-3}" --profile-top 8 "${extra[@]}" \
+    --no-plain --profile-steps "${PROFILE_STEPS:-3}" --profile-top "${PROFILE_TOP:-8}" "${extra[@]}" \
     ${DS_OVERRIDES:+--deepspeed-overrides "$DS_OVERRIDES"} \
     >"$log" 2>&1
   rc=$?

@@ -249,6 +249,7 @@ def profile_steps(args, engine, optimizer, family, data, loop_config, plan, devi
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         train_steps(engine, optimizer, family, data, loop_config(last), plan, rank=0, device=device,
                     precision=precision, state=LoopState(step=first), metrics=_NullMetrics())
+        host = time.perf_counter() - wall  # until the host has queued every kernel
         torch.cuda.synchronize()
     wall = time.perf_counter() - wall
     rows = [(e.key, e.device_time_total, e.count) for e in prof.key_averages()
@@ -259,6 +260,10 @@ def profile_steps(args, engine, optimizer, family, data, loop_config, plan, devi
     print(f"profile: {args.profile_steps} steps x {plan.accumulation_steps} micro-batches; per "
           f"micro-batch: wall {1e3 * wall / n_micro:.1f} ms, kernels {per_step(total):.1f} ms "
           "(the rows below are ms per micro-batch too)")
+    # Where the idle GPU time comes from: a host that queues kernels no faster than they run (host
+    # time near wall: launch-bound), or many short kernels (a gap of a few us each on the stream).
+    print(f"profile: per micro-batch: host {1e3 * host / n_micro:.1f} ms (queueing, with the "
+          f"profiler's overhead), {sum(c for *_, c in rows) / n_micro:.0f} kernels")
     categories: dict[str, float] = {}
     for key, t, _ in rows:
         categories[kernel_category(key)] = categories.get(kernel_category(key), 0.0) + t

@@ -400,11 +400,12 @@ def build_model(n_layers: int, d_model: int, n_heads: int, vocab_size: int,
 
 def forbid_token(logits: torch.Tensor, token_id: int) -> torch.Tensor:
     """float32 logits with `token_id` set to -inf: no family ever predicts [MASK] (SUBS for MDLM and
-    Eso-LM; the AR and Duo codes do the same). Low-precision logits (bf16 autocast) are filled in
-    place in their float32 copy; float32 ones are copied first, so a caller's tensor is never
-    modified."""
-    if logits.element_size() >= 4:  # float32 (float64 in tests stays float64)
-        return logits.index_fill(-1, torch.tensor([token_id], device=logits.device), float("-inf"))
-    logits = logits.float()
+    Eso-LM; the AR and Duo codes do the same). The column is filled in a copy (float32 for
+    low-precision logits; float64 in tests stays float64), so a caller's tensor is never modified.
+
+    Not `index_fill` with an index tensor, which this did for float32 until an H100 (torch 2.11)
+    failed to compile the float32 cross-entropy over it with dynamic shapes (the failing graph: its
+    backward, an index_put); bf16 logits always took this form and compile there."""
+    logits = logits.float() if logits.element_size() < 4 else logits.clone()
     logits[..., token_id] = float("-inf")
     return logits

@@ -107,8 +107,12 @@ def grad_logits(logits: torch.Tensor, picks: torch.Tensor, stats: RowStats,
     row statistics: d lse/d l_k = p_k; d picked_p/d l_k = [k = pick_p];
     d log1p_sum/d l_k = s_k - p_k sum_j s_j with s_j = sigmoid(l_j - lse + log_r).
 
-    Consumes float32 logits: the gradient is built in their memory (one [c, K] buffer fewer)."""
-    grad = (logits.float() if logits.element_size() < 4 else logits).sub_(stats.lse[:, None])  # log p
+    Eager, it consumes float32 logits: the gradient is built in their memory (one [c, K] buffer
+    fewer). Compiled, it is one pointwise kernel from the logits to the gradient in their dtype:
+    out of place (an in-place op on an input is written back to it, a pass more) and the picked
+    columns added by comparison (`_add_picked`)."""
+    wide = logits.float() if logits.element_size() < 4 else logits
+    grad = wide - stats.lse[:, None] if torch.compiler.is_compiling() else wide.sub_(stats.lse[:, None])
     sig = None
     if log_r is not None:
         sig = (grad + log_r[:, None]).sigmoid_()
@@ -118,8 +122,22 @@ def grad_logits(logits: torch.Tensor, picks: torch.Tensor, stats: RowStats,
     grad.mul_(grad_lse[:, None])
     if sig is not None:
         grad.addcmul_(sig, grad_log1p_sum[:, None])
-    grad.scatter_add_(1, picks, grad_picked)
-    return grad.to(logits.dtype)
+    return _add_picked(grad, picks, grad_picked).to(logits.dtype)
+
+
+def _add_picked(grad: torch.Tensor, picks: torch.Tensor, grad_picked: torch.Tensor) -> torch.Tensor:
+    """grad[r, picks[r, p]] += grad_picked[r, p] for every pick p (repeated columns add up).
+
+    Compiled, as a comparison with the column index, which inductor fuses into the pointwise kernel
+    that writes the gradient. A scatter splits that kernel in two, with the float32 gradient written
+    and read back between them: on an H100 (AR, bf16 weights, chunks of 8,388 x 32,064) the two took
+    1.9 ms a chunk, 1.24 of it the second one, the cast to bf16 (benchmarks/GPU_NOTES.md)."""
+    if not torch.compiler.is_compiling():
+        return grad.scatter_add_(1, picks, grad_picked)
+    columns = torch.arange(grad.shape[1], device=grad.device)
+    for p in range(picks.shape[1]):
+        grad = grad + torch.where(columns == picks[:, p, None], grad_picked[:, p, None], 0.0)
+    return grad
 
 
 _COMPILED: dict[str, Callable] = {}
@@ -205,12 +223,13 @@ class _FusedHead(torch.autograd.Function):
             if g.dtype == grad_w.dtype:
                 grad_w.addmm_(g.t(), x[part])
             else:  # bf16 product, accumulated in float32 across chunks
-                grad_w += g.t() @ x[part]
+                grad_w.add_(g.t() @ x[part])
             if grad_b is not None:
-                grad_b += g.sum(0, dtype=wide)
-        if want_grad:
-            grad_w = grad_w[:n_out]
-            grad_b = None if grad_b is None else grad_b[:n_out]
+                grad_b.add_(g.sum(0, dtype=wide))
+        if want_grad and pad:  # the padding rows dropped: copies, since torch.compile of a whole
+            # model (torch 2.13) refuses to save for backward a view of a tensor made in this forward
+            grad_w = grad_w[:n_out].clone()
+            grad_b = None if grad_b is None else grad_b[:n_out].clone()
         ctx.save_for_backward(grad_x, grad_w, grad_b)
         ctx.dtypes = (features.dtype, weight.dtype, None if bias is None else bias.dtype)
         ctx.mark_non_differentiable(rows)
