@@ -12,25 +12,22 @@ import copy
 import torch
 
 from tests.trainers.conftest import randomize_
+from tests.trainers.test_fused_head import family_outputs
 from trainers import kernels
 from trainers.backbone import build_model
-from trainers.families import build_family
 from trainers.families.registry import get_entry
 
 VOCAB, MASK = 1001, 1000
 
 
 def run(model, name, options, device, tokens, t, compile_on, fused):
+    """The GPU test's outputs (tests/trainers/test_fused_head.py) for one head and compile choice."""
     kernels.configure(compile_on, device, fused_head=fused)
     try:
-        family = build_family(name, options, vocab_size=VOCAB, mask_token_id=MASK)
-        loss = family.training_loss(model, tokens, t, torch.Generator(device).manual_seed(5))
-        grads = torch.autograd.grad(loss, list(model.parameters()))
-        with torch.no_grad():
-            nats, _ = family.validation_nats(model, tokens, t, torch.Generator(device).manual_seed(6))
+        loss, grads, nats = family_outputs(name, options, model, tokens, t)
     finally:
         kernels.configure(False, "cpu")
-    return loss.detach().double(), [g.double() for g in grads], nats.double()
+    return loss.double(), [g.double() for g in grads], nats.double()
 
 
 def differences(a, b, names):

@@ -126,19 +126,16 @@ def test_the_fused_head_traces_inside_a_compiled_model(name, random_model, monke
     model = random_model(get_entry(name).attention, vocab_size=64, mask_token_id=63, std=0.1)
     tokens = torch.randint(0, 63, (2, 16), generator=torch.Generator().manual_seed(1))
     t = torch.tensor([0.3, 0.8])
-    out = []
     try:
         kernels.configure(True, "cpu", fused_head=True)
-        family = build_family(name, {}, vocab_size=64, mask_token_id=63)
-        for forward in (torch.compile(model), model):  # compiled first: it traces the chunk kernels
-            loss = family.training_loss(forward, tokens, t, torch.Generator().manual_seed(5))
-            out.append((loss.detach(), torch.autograd.grad(loss, list(model.parameters()))))
+        # compiled first: it traces the chunk kernels
+        got, want = (family_outputs(name, {}, forward, tokens, t) for forward in (torch.compile(model), model))
     finally:
         kernels.configure(False, "cpu")
-    (got, got_grads), (want, want_grads) = out
-    torch.testing.assert_close(got, want)
-    for a, e in zip(got_grads, want_grads):
+    torch.testing.assert_close(got[0], want[0])
+    for a, e in zip(got[1], want[1]):
         torch.testing.assert_close(a, e)
+    torch.testing.assert_close(got[2], want[2])
 
 
 def test_bf16_autocast_runs_the_head_in_bf16():
@@ -164,12 +161,19 @@ def fused():
     kernels.configure(False, "cpu")
 
 
-def _family_loss_and_grads(name, options, model, tokens, t):
-    family = build_family(name, options, vocab_size=24, mask_token_id=23)
-    loss = family.training_loss(model, tokens, t, torch.Generator().manual_seed(5))
-    grads = torch.autograd.grad(loss, list(model.parameters()))
-    with torch.no_grad():
-        nats, per_seq = family.validation_nats(model, tokens, t, torch.Generator().manual_seed(6))
+def family_outputs(name: str, options: dict, model, tokens: torch.Tensor, t: torch.Tensor,
+                   autocast: bool = False) -> tuple[torch.Tensor, tuple, torch.Tensor]:
+    """(training loss, every parameter's gradient, validation nats) of family `name` on `model`
+    (a backbone, or torch.compile of one), with the head and kernels kernels.configure last chose;
+    seeded generators on the tokens' device. Also used by benchmarks/fused_head_gpu_diag.py."""
+    family = build_family(name, options, vocab_size=model.config.vocab_size,
+                          mask_token_id=model.config.mask_token_id)
+    device = tokens.device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        loss = family.training_loss(model, tokens, t, torch.Generator(device).manual_seed(5))
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        with torch.no_grad():
+            nats, _ = family.validation_nats(model, tokens, t, torch.Generator(device).manual_seed(6))
     return loss.detach(), grads, nats
 
 
@@ -188,10 +192,10 @@ def test_every_family_trains_and_validates_the_same_through_the_fused_head(name,
     model = random_model(get_entry(name).attention, vocab_size=24, mask_token_id=23).double()
     tokens = torch.randint(0, 23, (3, 10), generator=torch.Generator().manual_seed(2))
     t = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
-    want = _family_loss_and_grads(name, options, model, tokens, t)
+    want = family_outputs(name, options, model, tokens, t)
     request.getfixturevalue("fused")
     assert not calls
-    got = _family_loss_and_grads(name, options, model, tokens, t)
+    got = family_outputs(name, options, model, tokens, t)
     assert len(calls) == (4 if options.get("alpha_0", 1.0) < 1 else 2)  # training + validation
     torch.testing.assert_close(got[0], want[0])
     for a, e in zip(got[1], want[1]):
@@ -216,13 +220,8 @@ def _heads_on(device: str, name: str, options: dict, autocast: bool, random_mode
     try:
         for fused in (False, True):
             kernels.configure(True, device, fused_head=fused)
-            family = build_family(name, options, vocab_size=vocab, mask_token_id=mask)
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
-                loss = family.training_loss(model, tokens, t, torch.Generator(device).manual_seed(5))
-                grads = torch.autograd.grad(loss, list(model.parameters()))
-                with torch.no_grad():
-                    nats, _ = family.validation_nats(model, tokens, t, torch.Generator(device).manual_seed(6))
-            out[fused] = (loss.detach().double(), [g.double() for g in grads], nats.double())
+            loss, grads, nats = family_outputs(name, options, model, tokens, t, autocast)
+            out[fused] = (loss.double(), [g.double() for g in grads], nats.double())
     finally:
         kernels.configure(False, "cpu")
     return out
