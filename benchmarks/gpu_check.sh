@@ -8,7 +8,8 @@
 # of compilation per family); the defaults (3 rounds of 4 optimizer steps = 208 micro-batches with
 # the warm-up, and the plain-PyTorch loop as many again) should take about 6 minutes (estimated, not
 # timed).
-# COMPILE=off|blocks|whole and ATTENTION=auto|default|cudnn|flash pick other paths; GLOBAL_BATCH
+# COMPILE=off|blocks|trunk|whole, CUDA_GRAPHS=1 (with trunk) and ATTENTION=auto|default|cudnn|flash
+# pick other paths; MICRO_BATCH (default 16) the sequences per forward; GLOBAL_BATCH
 # (default 256, the paper's recipe: 16 micro-batches of 16 accumulated per optimizer step) and
 # DS_OVERRIDES (JSON merged into the DeepSpeed config, e.g. bf16 weights) the run's recipe;
 # FUSED_HEAD=auto|on|off the fused head and loss (resources.fused_head: trainers/fused_head.py; auto,
@@ -32,6 +33,7 @@ for family in ar mdlm duo esolm; do
         --steps "$STEPS" --warmup-steps 1 --micro-batch "${MICRO_BATCH:-16}" \
         --global-batch "${GLOBAL_BATCH:-256}" --compile "${COMPILE:-blocks}" \
         --attention "${ATTENTION:-auto}" ${NO_PLAIN:+--no-plain} --fused-head "${FUSED_HEAD:-auto}" \
+        ${CUDA_GRAPHS:+--cuda-graphs} \
         ${DS_OVERRIDES:+--deepspeed-overrides "$DS_OVERRIDES"} 2>&1 | grep -v -i warn)
   echo "$out"
   TPS[$family]=$(echo "$out" | awk '/^gpu_deepspeed_tokens_per_s/ {print $2}')

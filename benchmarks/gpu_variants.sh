@@ -13,7 +13,8 @@
 # instead of autocast), dsclip (DeepSpeed's own gradient clipping), fusedhead (the head and loss
 # fused chunk by chunk: trainers/fused_head.py, resources.fused_head; without it, the plain head,
 # whatever a run's default), chunkMIB (with fusedhead: its chunk budget in MiB of float32 logits,
-# e.g. chunk256). Variants stop being started once BUDGET_S seconds have passed. PROFILE_STEPS
+# e.g. chunk256), cg (CUDA graphs: with compile trunk, the trunk replayed as CUDA graphs). Variants
+# stop being started once BUDGET_S seconds have passed. PROFILE_STEPS
 # optimizer steps are profiled (default 3), PROFILE_TOP kernels listed (default 8).
 # DS_OVERRIDES (JSON) is merged into every variant's DeepSpeed config (it wins over the bf16w
 # option), e.g. bf16 weights for every variant:
@@ -37,6 +38,7 @@ for v in $VARIANTS; do
   [[ -n "${global:-}" ]] && extra+=(--global-batch "$global")
   [[ "+${opts:-}+" == *+bf16w+* ]] && extra+=(--deepspeed-overrides '{"bf16": {"enabled": true}, "torch_autocast": {"enabled": false}}')
   [[ "+${opts:-}+" == *+dsclip+* ]] && extra+=(--deepspeed-clip)
+  [[ "+${opts:-}+" == *+cg+* ]] && extra+=(--cuda-graphs)
   # the head is named either way: a variant means the same whatever a run's default is
   if [[ "+${opts:-}+" == *+fusedhead+* ]]; then extra+=(--fused-head on); else extra+=(--fused-head off); fi
   chunk=$(grep -o -E '(^|\+)chunk[0-9]+' <<<"${opts:-}" | grep -o -E '[0-9]+')
@@ -50,7 +52,7 @@ for v in $VARIANTS; do
     ${DS_OVERRIDES:+--deepspeed-overrides "$DS_OVERRIDES"} \
     >"$log" 2>&1
   rc=$?
-  grep -v -i -E "warn|^\s*$" "$log" | grep -E "^(gpu|profile|  |    |mfu|peak|Traceback|[A-Za-z]*Error)" | head -30
+  grep -v -i -E "warn|^\s*$" "$log" | grep -E "^(gpu|profile|  |    |mfu|peak|cudagraph|Traceback|[A-Za-z]*Error)|skipping cudagraphs" | head -30
   tps=$(awk '/^gpu_deepspeed_tokens_per_s/ {print $2}' "$log")
   mfu=$(awk '/^mfu / {print $2}' "$log")
   palm=$(awk '/^mfu_palm/ {print $2}' "$log")

@@ -70,7 +70,7 @@ def plain_steps(model, optimizer, family, data, cfg, first: int, last: int, devi
 
     from trainers.data import train_batch
     from trainers.engine import CORRUPT_STREAM, TIME_STREAM, autocast_context, derive_seed
-    from trainers.kernels import attention_context
+    from trainers.kernels import attention_context, begin_micro_batch
     from trainers.noise import sample_stratified_times
 
     batch = cfg.global_batch_seqs
@@ -87,6 +87,7 @@ def plain_steps(model, optimizer, family, data, cfg, first: int, last: int, devi
             t = sample_stratified_times(batch, start, micro, time_gen).to(device)
             gen = torch.Generator(torch.device(device))
             gen.manual_seed(derive_seed(cfg.seed, step, CORRUPT_STREAM, start))
+            begin_micro_batch()
             with autocast_context(precision, device), attention_context(device):
                 loss = family.training_loss(model, tokens, t, gen)
             (loss * (micro / batch)).backward()
@@ -153,14 +154,16 @@ def measure(args, device: str, precision: str, micro_batch: int,
     import torch
 
     from trainers.dist import import_deepspeed, prepare_process
-    from trainers.kernels import compile_blocks, configure
+    from trainers.kernels import compile_blocks, compile_trunk, configure
     from trainers.engine import (LoopState, build_deepspeed_config, initialize_engine, plan_batches,
                                  train_steps)
     from scaling.schema import Resources
 
     proc = prepare_process(args.threads, use_gpu=device != "cpu")
-    configure(args.compile != "off", device, attention=args.attention,
-              fused_head={"on": True, "off": False}.get(args.fused_head, "auto"))
+    # trunk: the product's `compile: trunk`; the other modes compile the loss heads as blocks does
+    configure({"off": False, "trunk": "trunk"}.get(args.compile, True), device, attention=args.attention,
+              fused_head={"on": True, "off": False}.get(args.fused_head, "auto"),
+              cuda_graphs=args.cuda_graphs)
     if args.fused_chunk_mib:  # the fused head's chunk budget on this device (trainers/fused_head.py)
         from trainers import fused_head
 
@@ -189,6 +192,9 @@ def measure(args, device: str, precision: str, micro_batch: int,
     elif args.compile == "whole":  # the whole backbone as one graph (loss heads stay compiled)
         engine.compile()
         plain = torch.compile(plain)
+    elif args.compile == "trunk":  # the backbone up to the head as one graph (resources.compile)
+        compile_trunk(engine.module, cuda_graphs=args.cuda_graphs)
+        compile_trunk(plain, cuda_graphs=args.cuda_graphs)
 
     def sync() -> None:
         if device != "cpu":
@@ -217,6 +223,10 @@ def measure(args, device: str, precision: str, micro_batch: int,
         if round_index > 0:
             ds_rates.append(tokens_per_round / (t1 - t0))
             plain_rates.append(tokens_per_round / (t2 - t1))
+    if args.cuda_graphs:  # graphs inductor declined to record (each logs "skipping cudagraphs due to")
+        from torch._dynamo.utils import counters
+
+        print(f"cudagraph_skips {counters['inductor']['cudagraph_skips']}", flush=True)
     if args.profile_steps:
         profile_steps(args, engine, optimizer, family, data, loop_config, plan, device, precision, step)
     ds, pl = statistics.median(ds_rates), statistics.median(plain_rates)
@@ -308,8 +318,9 @@ def run_gpu(args) -> None:
     precision = "bf16 weights" if bf16_weights else "bf16 autocast"
     print(f"gpu: {name}; {args.family} 113M shape (12 x 768, vocab 32001), micro-batch {micro} x "
           f"2048, global batch {global_batch} ({global_batch // micro} micro-batches per optimizer "
-          f"step), {precision}, compile {args.compile}, attention {args.attention}, clip "
-          f"{'deepspeed' if args.deepspeed_clip else 'foreach'}", flush=True)
+          f"step), {precision}, compile {args.compile}{' + CUDA graphs' if args.cuda_graphs else ''}, "
+          f"attention {args.attention}, clip {'deepspeed' if args.deepspeed_clip else 'foreach'}",
+          flush=True)
     rates = measure(args, "cuda:0", "bf16", micro, global_batch)
     # Training FLOPs per token: 6 N' (paper convention), and PaLM's MFU (Chowdhery et al. 2022,
     # appendix B), which adds attention's score and value matmuls over the full T x T, causal or
@@ -354,10 +365,15 @@ def parse_args(argv=None):
     p.add_argument("--deepspeed-clip", action="store_true",
                    help="GPU: DeepSpeed's own per-parameter gradient clipping instead of "
                         "trainers/engine.clip_gradients (to measure the difference)")
-    p.add_argument("--compile", choices=("off", "blocks", "blocks-autotune", "whole"), default="off",
+    p.add_argument("--compile", choices=("off", "blocks", "blocks-autotune", "trunk", "whole"),
+                   default="off",
                    help="blocks: the product's compiled blocks and loss heads (trainers/kernels.py, "
                         "resources.compile); blocks-autotune: the same in torch.compile's "
-                        "max-autotune-no-cudagraphs mode; whole: the backbone as one graph")
+                        "max-autotune-no-cudagraphs mode; trunk: the backbone up to the head as "
+                        "one graph (resources.compile: trunk); whole: the whole model as one graph")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="with --compile trunk on a GPU: replay the trunk as CUDA graphs "
+                        "(torch.compile's reduce-overhead mode)")
     p.add_argument("--attention", choices=("auto", "default", "cudnn", "flash", "efficient"),
                    default="auto", help="scaled_dot_product_attention backend (trainers/kernels.py)")
     p.add_argument("--fused-head", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),

@@ -200,16 +200,24 @@ class Resources(Strict):
     gpus_per_worker: Annotated[float, Field(ge=0)] = 0.0
     workers: PositiveInt = 1
     zero_stage: Literal[0, 1, 2, 3] = 0
-    # torch.compile of the blocks and loss heads (trainers/kernels.py): auto = on a GPU only, or
-    # true / false (YAML's on / off read as those).
-    compile: Literal["auto"] | StrictBool = "auto"
+    # torch.compile of the backbone and loss heads (trainers/kernels.py): auto = blocks on a GPU
+    # only; true or blocks = each block; trunk = the backbone up to the head as one graph; false =
+    # eager (YAML's on / off read as true / false).
+    compile: Literal["auto", "blocks", "trunk"] | StrictBool = "auto"
     # The output head and its loss in one chunked pass (trainers/fused_head.py): the [rows, vocab]
     # logits are never held whole. auto = on a GPU only (faster there: benchmarks/GPU_NOTES.md;
     # slower at a CPU demo's small vocabulary), or true / false.
     fused_head: Literal["auto"] | StrictBool = "auto"
     deepspeed_overrides: dict[str, Any] = Field(default_factory=dict)  # merged into DeepSpeed's config
 
-    @field_validator("compile", "fused_head", mode="before")
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_choice(cls, value):
+        if value in ("auto", "blocks", "trunk") or isinstance(value, bool):
+            return value
+        raise ValueError(f"got {value!r}; choose auto, true, false, blocks or trunk")
+
+    @field_validator("fused_head", mode="before")
     @classmethod
     def _auto_or_bool(cls, value):
         if value == "auto" or isinstance(value, bool):

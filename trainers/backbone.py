@@ -204,12 +204,16 @@ class DiTFinalLayer(nn.Module):
         self.linear = HeadLinear(d_model, vocab_size)
         self.linear.zero_init = True
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, rows: torch.Tensor | None = None,
-                head: RowLoss | None = None) -> torch.Tensor | HeadOutput:
+    def features(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The head's input [B, L, d]: the final norm, modulated by the time conditioning."""
         shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=2)
-        h = modulate(self.norm_final(x), shift, scale)
-        # Position-wise from here on: the head (d x K, the largest matmul and the log-softmax
-        # behind it at small d) runs only on the rows a loss scores.
+        return modulate(self.norm_final(x), shift, scale)
+
+    def forward(self, h: torch.Tensor, rows: torch.Tensor | None = None,
+                head: RowLoss | None = None) -> torch.Tensor | HeadOutput:
+        """Logits (or a fused head's loss) from `features`' output h. Position-wise: the head
+        (d x K, the largest matmul and the log-softmax behind it at small d) runs only on the rows
+        a loss scores."""
         return self.linear(h if rows is None else h[rows], head)
 
 
@@ -271,6 +275,9 @@ class DiTModel(PreTrainedModel):
             DiTBlock(d, config.n_heads, config.cond_dim) for _ in range(config.n_layers))
         self.output_layer = DiTFinalLayer(d, config.vocab_size, config.cond_dim)
         self._rope_tables: dict = {}  # (device, dtype) -> (cos, sin) [n_positions, head_dim]
+        # DiTModel.trunk compiled as one graph (trainers/kernels.compile_trunk), called with the
+        # model; used where its shapes are fixed: no KV cache, no explicit mask. None = eager.
+        self.compiled_trunk = None
         self.post_init()
 
     # -- transformers plumbing -------------------------------------------------------------------
@@ -375,19 +382,29 @@ class DiTModel(PreTrainedModel):
             if L > 1:  # new tokens see every cached token and causally each other
                 attention_mask = torch.ones(L, offset + L, dtype=torch.bool, device=device).tril(offset)
 
-        x = self.vocab_embed(input_ids)
         sigma = torch.zeros(B, device=device) if sigma is None else sigma.reshape(-1).expand(B)
-        c = F.silu(self.sigma_map(sigma))
-        cos, sin = self._rotary_for(position_ids, offset, L, device, x.dtype,
+        cos, sin = self._rotary_for(position_ids, offset, L, device, self.vocab_embed.weight.dtype,
                                     n_positions=L if permutation is not None else None)
-        for layer, block in enumerate(self.blocks):
-            x = block(x, c, cos, sin, is_causal, attention_mask, kv_cache, layer)
+        fixed_shapes = kv_cache is None and attention_mask is None
+        trunk = self.compiled_trunk if fixed_shapes and self.compiled_trunk is not None else DiTModel.trunk
+        h = trunk(self, input_ids, sigma, cos, sin, is_causal, attention_mask, kv_cache, permutation)
         if kv_cache is not None:
             kv_cache.commit(L if cache_commit is None else cache_commit)
+        return self.output_layer(h, output_rows, head)
+
+    def trunk(self, input_ids, sigma, cos, sin, is_causal: bool, attention_mask, kv_cache,
+              permutation) -> torch.Tensor:
+        """Everything but the head: ids [B, L] (already permuted) -> the head's input [B, L, d] in
+        the original order. Every shape in it is fixed by (B, L), so it compiles to one graph for
+        every family (the data-dependent row selection of MDLM and Eso-LM comes after it)."""
+        x = self.vocab_embed(input_ids)
+        c = F.silu(self.sigma_map(sigma))
+        for layer, block in enumerate(self.blocks):
+            x = block(x, c, cos, sin, is_causal, attention_mask, kv_cache, layer)
         if permutation is not None:  # back to the original order; the output layer is position-wise
             inverse = torch.argsort(permutation, dim=1)
             x = x.gather(1, inverse[..., None].expand(-1, -1, x.shape[-1]))
-        return self.output_layer(x, c, output_rows, head)
+        return self.output_layer.features(x, c)
 
 
 def build_model(n_layers: int, d_model: int, n_heads: int, vocab_size: int,

@@ -286,7 +286,7 @@ class _StepRunner:
     def __init__(self, engine, family, data, cfg: LoopConfig, plan: BatchPlan, rank: int, device: str,
                  precision: str):
         from trainers.data import train_batch
-        from trainers.kernels import attention_context
+        from trainers.kernels import attention_context, begin_micro_batch
         from trainers.noise import sample_stratified_times
 
         self.engine, self.family, self.data, self.cfg = engine, family, data, cfg
@@ -298,6 +298,7 @@ class _StepRunner:
         self.zeros_t = torch.zeros(self.micro, device=device)  # AR is fed t = 0 (REFERENCE §1)
         self._train_batch, self._times = train_batch, sample_stratified_times
         self._attention = lambda: attention_context(device)
+        self._begin = begin_micro_batch
 
     def _to_device(self, host: torch.Tensor) -> torch.Tensor:
         """A host tensor on the run's device. On a GPU through pinned memory: a copy from pageable
@@ -318,6 +319,7 @@ class _StepRunner:
                 t = self._to_device(self._times(cfg.global_batch_seqs, start, self.micro, time_gen))
             gen = torch.Generator(self.gen_device).manual_seed(
                 derive_seed(cfg.seed, step, CORRUPT_STREAM, start))
+            self._begin()
             with autocast_context(self.precision, self.device), self._attention():
                 loss = self.family.training_loss(self.engine, tokens, t, gen)
             self.engine.backward(loss)

@@ -1,4 +1,4 @@
-"""GPU fast paths for one training process: compiled blocks, fused loss kernels, attention backend.
+"""GPU fast paths for one training process: compiled blocks or trunk, fused loss kernels, attention.
 
 The maths is defined once, eagerly, in the backbone and the families; this module only decides how
 it runs. `configure(compile, device)` (the run's resources.compile) is called once per process by the
@@ -6,14 +6,24 @@ training entry point (a run is one process: DeepSpeed initialises once per proce
 first step:
 
 - ``compile: false`` (``auto`` on a CPU, and what every test runs): plain eager PyTorch.
-- ``compile: true`` (``auto`` on CUDA): `compile_blocks` compiles each transformer block
+- ``compile: true`` or ``blocks`` (``auto`` on CUDA): `compile_blocks` compiles each transformer block
   (regional compilation: one compiled graph serves all 12 blocks, so a 12-layer model compiles in
   seconds, and the families' data-dependent code around the backbone - boolean row selection,
-  permutations, seeded generators - stays eager where torch.compile would break the graph anyway);
-  the loss heads below (`cross_entropy_without`, `duo_nelbo_from_logits`) are compiled too. Eager,
-  each of them makes several float32 copies of the [rows, K] logits (the upcast, the -inf column,
-  the log-softmax, and as many again in backward): at the 113M shape on a GPU that is tens of GB
-  of memory traffic per step; compiled, each is one read of the logits forward and one backward.
+  permutations, seeded generators - stays eager where torch.compile would break the graph anyway).
+- ``compile: trunk``: `compile_trunk` compiles the backbone up to the head (`DiTModel.trunk`:
+  embedding, time conditioning, every block, the un-permutation, the final norm) as one graph, for
+  every family: its shapes are fixed by the micro-batch, and the row selection of MDLM and Eso-LM
+  comes after it (compiling the whole model instead recompiled at every step for them,
+  benchmarks/GPU_NOTES.md "Fourth lease"). It fuses across block boundaries and, with
+  ``cuda_graphs`` (benchmarks only for now), replays the trunk's forward and backward as CUDA graphs,
+  which removes the launch gaps between its ~1,000 kernels per micro-batch (6-7 ms of a 73-80 ms
+  micro-batch on an H100). Compiles for longer than blocks (the whole model took about 90 s per
+  process at 12 layers on a GPU; the trunk is not measured there).
+
+Either way the loss heads below (`cross_entropy_without`, `duo_nelbo_from_logits`) are compiled.
+Eager, each of them makes several float32 copies of the [rows, K] logits (the upcast, the -inf
+column, the log-softmax, and as many again in backward): at the 113M shape on a GPU that is tens of
+GB of memory traffic per step; compiled, each is one read of the logits forward and one backward.
 
 ``fused_head: true`` (resources.fused_head; ``auto``, the default, = on CUDA only): the families'
 training losses run the output head and the loss together, chunk by chunk (trainers/fused_head.py),
@@ -37,12 +47,20 @@ import torch.nn.functional as F
 
 from trainers.backbone import forbid_token
 
-CompileMode = Literal["auto"] | bool
+CompileMode = Literal["auto", "blocks", "trunk"] | bool
+FusedHeadMode = Literal["auto"] | bool
 AttentionBackend = Literal["auto", "default", "cudnn", "flash", "efficient"]
-_STATE: dict = {"compile": False, "attention": "auto", "fused_head": False}
+_STATE: dict = {"compile": False, "attention": "auto", "fused_head": False, "cuda_graphs": False}
 
 
-def resolve_auto(choice: CompileMode, device: str) -> bool:
+def resolve_scope(choice: CompileMode, device: str) -> Literal["blocks", "trunk"] | None:
+    """What `compile` compiles on this device: None (eager), "blocks" or "trunk"."""
+    if choice in ("blocks", "trunk"):
+        return choice
+    return "blocks" if resolve_auto(choice, device) else None
+
+
+def resolve_auto(choice: Literal["auto"] | bool, device: str) -> bool:
     """`auto` means on CUDA only, for compile and for fused_head. compile: on a CPU every run of a
     sweep would pay the compiler's start-up (a 20-step MDLM test run: 3.9 s compiled against 0.4 s
     eager), against a per-run overhead budget of 3 s, for the small gain of fusing a tiny model's
@@ -53,16 +71,34 @@ def resolve_auto(choice: CompileMode, device: str) -> bool:
 
 
 def configure(compile_mode: CompileMode, device: str, attention: AttentionBackend = "auto",
-              fused_head: CompileMode = False) -> bool:
-    """Set this process's choices (module docstring); returns whether compilation is on."""
-    _STATE["compile"] = resolve_auto(compile_mode, device)
+              fused_head: FusedHeadMode = False, cuda_graphs: bool = False) -> bool:
+    """Set this process's choices (module docstring); returns whether compilation is on.
+    cuda_graphs: replay the compiled trunk as CUDA graphs (compile: trunk on CUDA only)."""
+    scope = resolve_scope(compile_mode, device)
+    _STATE["compile"] = scope or False
     _STATE["attention"] = attention
     _STATE["fused_head"] = resolve_auto(fused_head, device)
-    return _STATE["compile"]
+    _STATE["cuda_graphs"] = bool(cuda_graphs) and scope == "trunk" and device.startswith("cuda")
+    return scope is not None
 
 
 def compiling() -> bool:
-    return _STATE["compile"]
+    return bool(_STATE["compile"])
+
+
+def compile_model(model: torch.nn.Module) -> None:
+    """Compile `model` as configured: its blocks, or its trunk (compiled lazily, at the first step)."""
+    if _STATE["compile"] == "trunk":
+        compile_trunk(model, cuda_graphs=_STATE["cuda_graphs"])
+    elif _STATE["compile"]:
+        compile_blocks(model)
+
+
+def begin_micro_batch() -> None:
+    """Before a micro-batch's forward: with CUDA graphs, tells torch a new iteration starts, so the
+    previous replay's outputs (already consumed by its backward) may be overwritten."""
+    if _STATE["cuda_graphs"]:
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def fast_paths() -> dict:
@@ -80,6 +116,32 @@ def compile_blocks(model: torch.nn.Module, mode: str | None = None) -> None:
     save_pretrained are the same as eager); mode: torch.compile's (None = its default)."""
     for block in model.blocks:
         block.compile(mode=mode)
+
+
+def compile_trunk(model: torch.nn.Module, cuda_graphs: bool = False, mode: str | None = None) -> None:
+    """Compile the backbone's trunk (`DiTModel.trunk`, everything but the head) as one graph; the
+    model's parameters and state_dict are untouched. cuda_graphs: torch.compile's reduce-overhead
+    mode (CUDA graph trees; on a CPU it has no effect). mode: another torch.compile mode."""
+    mode = mode or ("reduce-overhead" if cuda_graphs else None)
+    if cuda_graphs:
+        keep_first_gradients(model)
+    # The function, not the bound method: a deepcopy of the model then runs its own parameters.
+    model.compiled_trunk = torch.compile(type(model).trunk, mode=mode)
+
+
+def keep_first_gradients(model: torch.nn.Module) -> None:
+    """Copy a parameter's gradient out of the CUDA graph's memory when it becomes `.grad`.
+
+    Replayed as a CUDA graph, the trunk's backward returns its parameters' gradients in the
+    graph's own memory. Autograd installs such a tensor as `.grad` where there is none (the first
+    micro-batch after zero_grad) and adds into `.grad` after that; the next micro-batch's replay
+    then overwrites the installed one: with gradient accumulation the step's gradient is wrong,
+    silently on older torch and as an error on newer (pytorch/pytorch#169545, and the
+    accumulation repro in #96693). So a hook copies the gradient when there is no `.grad` yet:
+    one copy of the trunk's gradients per optimizer step, not per micro-batch."""
+    for param in model.parameters():
+        if param.requires_grad:
+            param.register_hook(lambda grad, p=param: grad.clone() if p.grad is None else grad)
 
 
 # ---------------------------------------------------------------- loss heads (pure maths)

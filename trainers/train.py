@@ -187,7 +187,7 @@ def _build_model(ctx: _Context):
     model = build_model(shape.n_layers, shape.d_model, shape.n_heads, spec.vocab_size,
                         attention=ctx.entry.attention, mask_token_id=ctx.data.mask_token_id)
     if kernels.configure(spec.resources.compile, ctx.proc.device, fused_head=spec.resources.fused_head):
-        kernels.compile_blocks(model)  # compiled lazily, at the first step
+        kernels.compile_model(model)  # compiled lazily, at the first step
     ctx.setup.model_s = time.perf_counter() - t
     return family, model
 

@@ -71,13 +71,19 @@ def test_yaml_1_1_exponent_reads_as_number(tmp_path):
 
 
 @pytest.mark.parametrize("text,expected", [("auto", "auto"), ("on", True), ("true", True),
-                                           ("off", False), ("false", False)])
+                                           ("off", False), ("false", False), ("blocks", "blocks"),
+                                           ("trunk", "trunk"), ("whole", None)])
 def test_compile_reads_yaml_booleans(tmp_path, text, expected):
-    """`compile: on` is a YAML boolean; every spelling a user would write means what it says."""
+    """`compile: on` is a YAML boolean; every spelling a user would write means what it says, and
+    a scope that does not exist names the key and the choices."""
     path = tmp_path / "s.yaml"
     path.write_text((REPO / "sweeps" / "smoke.yaml").read_text()
                     .replace("  cpus_per_worker: 1", f"  cpus_per_worker: 1\n  compile: {text}"))
-    assert load_sweep(path).resources.compile == expected
+    if expected is None:
+        with pytest.raises(UserError, match="resources.compile.*trunk"):
+            load_sweep(path)
+    else:
+        assert load_sweep(path).resources.compile == expected
 
 
 @pytest.mark.parametrize("text,expected", [("on", True), ("off", False), ("auto", "auto"), ("yes please", None)])

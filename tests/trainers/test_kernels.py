@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -76,3 +78,114 @@ def test_compiled_blocks_keep_outputs_and_checkpoint_keys(random_model):
     # the last bits; the whole output agrees to float32 rounding.
     assert ((got - want).norm() / want.norm()).item() < 1e-5
     assert list(model.state_dict()) == keys
+
+
+def test_compile_scope_per_choice_and_device():
+    """`resources.compile`: auto = blocks on CUDA only; true = blocks; trunk anywhere. CUDA graphs
+    only replay a compiled trunk on CUDA."""
+    assert kernels.resolve_scope("auto", "cuda:0") == "blocks" and kernels.resolve_scope("auto", "cpu") is None
+    assert kernels.resolve_scope(True, "cpu") == "blocks" and kernels.resolve_scope(False, "cuda:0") is None
+    assert kernels.resolve_scope("trunk", "cpu") == "trunk" and kernels.resolve_scope("blocks", "cpu") == "blocks"
+    try:
+        assert kernels.configure("trunk", "cuda:0", cuda_graphs=True) and kernels.fast_paths()["cuda_graphs"]
+        assert kernels.fast_paths()["compile"] == "trunk"
+        for choice, device in (("trunk", "cpu"), ("blocks", "cuda:0")):
+            kernels.configure(choice, device, cuda_graphs=True)
+            assert not kernels.fast_paths()["cuda_graphs"]
+        assert not kernels.configure(False, "cpu") and kernels.fast_paths()["compile"] is False
+    finally:
+        kernels.configure(False, "cpu")
+
+
+TRUNK_CASES = [("ar", {}), ("mdlm", {}), ("duo", {}), ("esolm", {}), ("esolm", {"alpha_0": 0.5})]
+
+
+@pytest.mark.parametrize("name,options", TRUNK_CASES, ids=[f"{n}{o}" for n, o in TRUNK_CASES])
+def test_compiled_trunk_trains_and_validates_like_eager(name, options, random_model):
+    """`compile: trunk` (`compile_trunk`, inductor on the CPU): every family's training loss, every
+    gradient and its validation as eager, the state_dict keys unchanged. In float64: in float32,
+    inductor's reordered sums, through this random model's peaked logits (a loss of 35 nats), moved
+    single gradients by up to 1e-4 relative. Measured in float64: AR 4e-13 (each gradient's error
+    norm over its norm); Duo 1e-5, because its time features are float32 by design (the sinusoid
+    of sigma, TimestepEmbedder), where inductor's cos/sin round differently from eager's."""
+    from tests.trainers.test_fused_head import family_outputs
+    from trainers.families.registry import get_entry
+
+    model = random_model(get_entry(name).attention, vocab_size=24, mask_token_id=23).double()
+    tokens = torch.randint(0, 23, (3, 10), generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
+    keys = list(model.state_dict())
+    want = family_outputs(name, options, model, tokens, t)
+    kernels.compile_trunk(model)
+    got = family_outputs(name, options, model, tokens, t)
+    assert list(model.state_dict()) == keys
+    if name == "ar":  # a copy of a compiled model computes with its own parameters
+        twin = copy.deepcopy(model)
+        with torch.no_grad():
+            twin.vocab_embed.weight.mul_(2)
+        assert not torch.allclose(twin(input_ids=tokens), model(input_ids=tokens))
+    model.compiled_trunk = None
+    for a, e in zip((got[0], *got[1], got[2]), (want[0], *want[1], want[2])):
+        assert ((a - e).norm() / e.norm()).item() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["mdlm", "esolm"])
+def test_the_trunk_compiles_once_whatever_rows_a_step_scores(name, random_model):
+    """The whole model compiled recompiled at every step for MDLM and Eso-LM (their scored-row
+    count changes; benchmarks/GPU_NOTES.md "Fourth lease"); the trunk's shapes are the
+    micro-batch's, so steps with different masks and permutations reuse one graph."""
+    from torch._dynamo.testing import CompileCounter
+
+    from trainers.families import build_family
+    from trainers.families.registry import get_entry
+
+    torch._dynamo.reset()
+    model = random_model(get_entry(name).attention, vocab_size=24, mask_token_id=23).train()
+    family = build_family(name, {}, vocab_size=24, mask_token_id=23)
+    counter = CompileCounter()
+    model.compiled_trunk = torch.compile(type(model).trunk, backend=counter)
+    g = torch.Generator().manual_seed(3)
+    for step in range(4):
+        tokens = torch.randint(0, 23, (3, 10), generator=g)
+        t = torch.rand(3, generator=g) * 0.9 + 0.05
+        family.training_loss(model, tokens, t, torch.Generator().manual_seed(step)).backward()
+    assert counter.frame_count == 1
+
+
+def _accumulated_gradients(model, name: str, device: str, n_micro: int = 3) -> list[torch.Tensor]:
+    """Parameter gradients of family `name` summed over n_micro micro-batches, as the training loop
+    takes them (a new iteration marked before each forward), from .grad = None."""
+    from trainers.families import build_family
+
+    family = build_family(name, {}, vocab_size=model.config.vocab_size,
+                          mask_token_id=model.config.mask_token_id)
+    model.zero_grad(set_to_none=True)
+    g = torch.Generator().manual_seed(4)
+    for micro in range(n_micro):
+        tokens = torch.randint(0, model.config.mask_token_id, (4, 64), generator=g).to(device)
+        t = (torch.rand(4, generator=g) * 0.9 + 0.05).to(device)
+        kernels.begin_micro_batch()
+        family.training_loss(model, tokens, t, torch.Generator(device).manual_seed(micro)).backward()
+    return [p.grad.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda:0", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])])
+def test_a_cuda_graph_trunk_accumulates_gradients_like_eager(device, random_model):
+    """`compile: trunk` with CUDA graphs (benchmarks: --cuda-graphs): the trunk's backward returns
+    gradients in the graph's memory, which the next micro-batch's replay overwrites; the first
+    micro-batch's must be copied out (kernels.keep_first_gradients), or the accumulated gradient is
+    wrong (pytorch/pytorch#169545). On a CPU there are no CUDA graphs: the same code, eager maths."""
+    model = random_model("bidirectional", d_model=64, vocab_size=101, mask_token_id=100, std=0.1).to(device)
+    want = _accumulated_gradients(model, "mdlm", device)
+    try:
+        kernels.configure("trunk", device, cuda_graphs=True)
+        kernels.compile_model(model)
+        got = _accumulated_gradients(model, "mdlm", device)
+        got_again = _accumulated_gradients(model, "mdlm", device)  # replays, graphs recorded
+    finally:
+        kernels.configure(False, "cpu")
+        model.compiled_trunk = None
+    for a, b, e in zip(got, got_again, want):
+        assert ((a - e).norm() / e.norm()).item() < 1e-4
+        assert ((b - e).norm() / e.norm()).item() < 1e-4

@@ -136,20 +136,23 @@ def test_family_has_a_pulse(family, cache, tmp_path):
 
 
 def test_compiled_run_trains_like_the_eager_one(cache, tmp_path):
-    """`resources.compile` (the GPU default: compiled blocks and loss heads, trainers/kernels.py)
-    through a whole run on the CPU, MDLM for its varying number of scored rows: it trains,
-    validates and saves, and differs from the eager run only by float32 rounding (inductor
-    reorders sums: measured 6e-8 relative on the validation loss after 20 steps)."""
+    """`resources.compile` (the GPU default: compiled blocks and loss heads, trainers/kernels.py;
+    and `trunk`, the backbone up to the head as one graph) through a whole run on the CPU, MDLM
+    for its varying number of scored rows: it trains, validates and saves, and differs from the
+    eager run only by float32 rounding (inductor reorders sums: measured 6e-8 relative on the
+    validation loss after 20 steps, blocks)."""
     results = {}
-    for compiled in (False, True):
+    for compiled in (False, True, "trunk"):
         spec = make_spec("mdlm", steps=20, resources={"compile": compiled})
         out = tmp_path / f"run-{compiled}"
         train(spec, out, cache)
         results[compiled] = json.loads((out / "result.json").read_text())
         assert (out / "model" / "model.safetensors").exists()
-    assert results[True]["run_id"] == results[False]["run_id"]  # placement is not part of the id
-    for key in ("val_loss", "train_loss"):
-        assert results[True][key] == pytest.approx(results[False][key], rel=1e-4)
+    for compiled in (True, "trunk"):
+        assert results[compiled]["run_id"] == results[False]["run_id"]  # placement is not in the id
+        assert results[compiled]["fast_paths"]["compile"] == ("blocks" if compiled is True else "trunk")
+        for key in ("val_loss", "train_loss"):
+            assert results[compiled][key] == pytest.approx(results[False][key], rel=1e-4)
 
 
 @pytest.mark.parametrize("family", ["mdlm", "duo"])
