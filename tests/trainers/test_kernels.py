@@ -83,9 +83,13 @@ def test_compiled_blocks_keep_outputs_and_checkpoint_keys(random_model):
 def test_compile_scope_per_choice_and_device():
     """`resources.compile`: auto = blocks on CUDA only; true = blocks; trunk anywhere. CUDA graphs
     only replay a compiled trunk on CUDA."""
-    assert kernels.resolve_scope("auto", "cuda:0") == "blocks" and kernels.resolve_scope("auto", "cpu") is None
-    assert kernels.resolve_scope(True, "cpu") == "blocks" and kernels.resolve_scope(False, "cuda:0") is None
-    assert kernels.resolve_scope("trunk", "cpu") == "trunk" and kernels.resolve_scope("blocks", "cpu") == "blocks"
+    scopes = {(choice, device): kernels.resolve_scope(choice, device)
+              for choice in ("auto", True, False, "blocks", "trunk") for device in ("cpu", "cuda:0")}
+    assert scopes == {("auto", "cpu"): None, ("auto", "cuda:0"): "blocks",
+                      (True, "cpu"): "blocks", (True, "cuda:0"): "blocks",
+                      (False, "cpu"): None, (False, "cuda:0"): None,
+                      ("blocks", "cpu"): "blocks", ("blocks", "cuda:0"): "blocks",
+                      ("trunk", "cpu"): "trunk", ("trunk", "cuda:0"): "trunk"}
     try:
         assert kernels.configure("trunk", "cuda:0", cuda_graphs=True) and kernels.fast_paths()["cuda_graphs"]
         assert kernels.fast_paths()["compile"] == "trunk"
@@ -175,12 +179,13 @@ def test_a_cuda_graph_trunk_accumulates_gradients_like_eager(device, random_mode
     """`compile: trunk` with CUDA graphs (benchmarks: --cuda-graphs): the trunk's backward returns
     gradients in the graph's memory, which the next micro-batch's replay overwrites; the first
     micro-batch's must be copied out (kernels.keep_first_gradients), or the accumulated gradient is
-    wrong (pytorch/pytorch#169545). On a CPU there are no CUDA graphs: the same code, eager maths."""
+    wrong (pytorch/pytorch#169545). On a CPU there are no CUDA graphs (reduce-overhead mode skips
+    them), but the gradient-copying hooks run the same."""
     model = random_model("bidirectional", d_model=64, vocab_size=101, mask_token_id=100, std=0.1).to(device)
     want = _accumulated_gradients(model, "mdlm", device)
     try:
-        kernels.configure("trunk", device, cuda_graphs=True)
-        kernels.compile_model(model)
+        kernels.configure("trunk", device, cuda_graphs=True)  # on CUDA: each micro-batch marked
+        kernels.compile_trunk(model, cuda_graphs=True)
         got = _accumulated_gradients(model, "mdlm", device)
         got_again = _accumulated_gradients(model, "mdlm", device)  # replays, graphs recorded
     finally:
