@@ -161,7 +161,8 @@ def measure(args, device: str, precision: str, micro_batch: int,
 
     proc = prepare_process(args.threads, use_gpu=device != "cpu")
     # trunk: the product's `compile: trunk`; the other modes compile the loss heads as blocks does
-    configure({"off": False, "trunk": "trunk"}.get(args.compile, True), device, attention=args.attention,
+    scope = "trunk" if args.compile.startswith("trunk") else args.compile != "off"
+    configure(scope, device, attention=args.attention,
               fused_head={"on": True, "off": False}.get(args.fused_head, "auto"),
               cuda_graphs=args.cuda_graphs)
     if args.fused_chunk_mib:  # the fused head's chunk budget on this device (trainers/fused_head.py)
@@ -192,9 +193,12 @@ def measure(args, device: str, precision: str, micro_batch: int,
     elif args.compile == "whole":  # the whole backbone as one graph (loss heads stay compiled)
         engine.compile()
         plain = torch.compile(plain)
-    elif args.compile == "trunk":  # the backbone up to the head as one graph (resources.compile)
-        compile_trunk(engine.module, cuda_graphs=args.cuda_graphs)
-        compile_trunk(plain, cuda_graphs=args.cuda_graphs)
+    elif args.compile.startswith("trunk"):  # the backbone up to the head as one graph
+        # trunk-autotune: inductor's max-autotune (matmul templates with fused epilogues)
+        mode = None if args.compile == "trunk" else (
+            "max-autotune" if args.cuda_graphs else "max-autotune-no-cudagraphs")
+        compile_trunk(engine.module, cuda_graphs=args.cuda_graphs, mode=mode)
+        compile_trunk(plain, cuda_graphs=args.cuda_graphs, mode=mode)
 
     def sync() -> None:
         if device != "cpu":
@@ -365,14 +369,16 @@ def parse_args(argv=None):
     p.add_argument("--deepspeed-clip", action="store_true",
                    help="GPU: DeepSpeed's own per-parameter gradient clipping instead of "
                         "trainers/engine.clip_gradients (to measure the difference)")
-    p.add_argument("--compile", choices=("off", "blocks", "blocks-autotune", "trunk", "whole"),
+    p.add_argument("--compile", choices=("off", "blocks", "blocks-autotune", "trunk", "trunk-autotune",
+                                         "whole"),
                    default="off",
                    help="blocks: the product's compiled blocks and loss heads (trainers/kernels.py, "
                         "resources.compile); blocks-autotune: the same in torch.compile's "
                         "max-autotune-no-cudagraphs mode; trunk: the backbone up to the head as "
-                        "one graph (resources.compile: trunk); whole: the whole model as one graph")
+                        "one graph (resources.compile: trunk); trunk-autotune: the same in "
+                        "max-autotune mode (minutes of tuning); whole: the whole model as one graph")
     p.add_argument("--cuda-graphs", action="store_true",
-                   help="with --compile trunk on a GPU: replay the trunk as CUDA graphs "
+                   help="with --compile trunk[-autotune] on a GPU: replay the trunk as CUDA graphs "
                         "(torch.compile's reduce-overhead mode)")
     p.add_argument("--attention", choices=("auto", "default", "cudnn", "flash", "efficient"),
                    default="auto", help="scaled_dot_product_attention backend (trainers/kernels.py)")
