@@ -156,7 +156,7 @@ def summary_lines(result: SweepResult) -> list[str]:
     """The readable table the CLI prints: one line per group."""
     width = max([len("group")] + [len(g.label) for g in result.groups])
     lines = [f"{'group':<{width}} {'runs':>4} {'budgets':>7}  {'a (N*~C^a) [95%]':<24} {'b (D*~C^b) [95%]':<24} "
-             f"{'E':>6} {'A':>8} {'B':>8} {'alpha':>6} {'beta':>6} {'a3':>6}"]
+             f"{'E':>7} {'A':>9} {'B':>9} {'alpha':>6} {'beta':>6} {'a3':>6}"]
     for row in map(group_row, result.groups):
         def est(name):
             if not math.isfinite(row[name]):
@@ -164,7 +164,9 @@ def summary_lines(result: SweepResult) -> list[str]:
             lo, hi = row[f"{name}_lo"], row[f"{name}_hi"]
             return f"{row[name]:.3f} [{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) else f"{row[name]:.3f}"
         p = [row[k] for k in ("E", "A", "B", "alpha", "beta", "a_parametric")]
-        params = (f"{p[0]:6.3f} {p[1]:8.1f} {p[2]:8.1f} {p[3]:6.3f} {p[4]:6.3f} {p[5]:6.3f}"
+        # 4 significant digits: A and B span 1e2-1e6 on published data, and an accepted boundary
+        # fit can push them to 1e40 (a fixed-point format printed 42 digits)
+        params = (f"{p[0]:7.4g} {p[1]:9.4g} {p[2]:9.4g} {p[3]:6.3f} {p[4]:6.3f} {p[5]:6.3f}"
                   if math.isfinite(p[0]) else "approach 3 failed")
         lines.append(f"{row['group']:<{width}} {row['n_runs']:>4} {row['n_budgets']:>7}  {est('a'):<24} {est('b'):<24} {params}")
     for m in result.multipliers:

@@ -33,6 +33,7 @@ class FitOptions:
     bootstrap_method: str = "residuals"  # approach 2: "residuals" or "cases" (analysis.bootstrap)
     seed: int = 0
     accept_edge: bool = False  # accept parabola vertices outside the sampled sizes (warned)
+    accept_boundary: bool = False  # accept approach-3 optima on the law's boundary (warned)
     huber: bool = False  # Huber-robust parabolas
     budget_tolerance_dex: float = 0.0  # group noisy flops into budgets (see table.assign_budgets)
     budgets: tuple[float, ...] | None = None  # nominal budget centres to snap flops to
@@ -52,7 +53,7 @@ class GroupResult:
     parametric_boot: BootstrapSamples | None = None
     holdout: HeldOutCheck | None = None
     errors: tuple[str, ...] = ()  # a fit that failed (FitError message)
-    warnings: tuple[str, ...] = ()  # accepted edge vertices, dropped runs
+    warnings: tuple[str, ...] = ()  # accepted edge vertices and boundary fits, dropped runs
     notes: tuple[str, ...] = ()  # diagnostics that could not be computed (e.g. too few budgets)
 
 
@@ -107,8 +108,12 @@ def fit_group(label: str, key: dict, rows: pd.DataFrame, options: FitOptions, st
         holdout = _attempt(lambda: check_held_out(c, n, l, full=isoflop, **shape), notes, label)
     n_all, d_all, l_all = (rows[k].to_numpy(float) for k in ("n_params", "tokens", "loss"))
     grid = _attempt(
-        lambda: fit_parametric_grid(n_all, d_all, l_all, drop_highest=options.drop_highest, group=label), errors, label
+        lambda: fit_parametric_grid(n_all, d_all, l_all, drop_highest=options.drop_highest, group=label,
+                                    accept_boundary=options.accept_boundary),
+        errors, label,
     )
+    if grid is not None:
+        warnings.extend(grid.fit.warnings)
     par_boot = None
     if grid is not None and options.n_bootstrap:
         rng = np.random.default_rng([options.seed, stream, 3])

@@ -172,6 +172,25 @@ def test_edge_vertex_is_an_error_or_a_visible_warning(tmp_path, capsys):
     assert err.count("warning: ") >= 3 and "extrapolated, accepted" in err
 
 
+def test_a_boundary_parametric_fit_is_an_error_or_a_visible_warning(tmp_path, capsys):
+    """Approach 3 on runs with no N-dependence: A/N^alpha vanishes or goes flat (a second E)."""
+    table = make_sweep_table({"ar": CHINCHILLA_SURFACE}, budgets=(1e18, 1e19, 1e20, 1e21), n_sizes=7, span_dex=1.0)
+    flat_in_n = Surface(E=1.8, A=0.0, B=2143.9, alpha=0.35, beta=0.37).as_fit()
+    noise = np.random.default_rng(0).normal(0.0, 0.003, len(table))
+    table["val_loss"] = flat_in_n.predict_loss(table["n_params"], table["n_tokens"]) + noise
+    table.to_csv(tmp_path / "results.csv", index=False)
+    assert run(["fit", str(tmp_path), "--bootstrap", "0", "--accept-edge-vertex"]) == 1
+    captured = capsys.readouterr()
+    assert "error: group ar: approach 3: the optimum lies on the law's boundary" in captured.err
+    assert "approach 3 failed" in captured.out
+    assert run(["fit", str(tmp_path), "--bootstrap", "0", "--accept-edge-vertex", "--accept-boundary-fit"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: group ar: approach 3: A/N^alpha " in captured.err and "(accepted)" in captured.err
+    assert "approach 3 failed" not in captured.out
+    record = json.loads((tmp_path / "fits" / "fits.json").read_text())[0]
+    assert any("approach 3: A/N^alpha" in w for w in record["warnings"])
+
+
 def test_plot_writes_png_pdf_svg(sweep_dir, capsys):
     assert run(["plot", str(sweep_dir), "--bootstrap", "10"]) == 0
     printed = capsys.readouterr().out.split()
