@@ -2,8 +2,8 @@
 
 scaling/cli.py calls register(subparsers); each subcommand sets func(args) -> exit status.
 - fit: prints one line per group (or a JSON list with --json), writes fits/optima/multipliers as
-  CSV + Markdown (+ fits.json) into --out, shows accepted edge vertices and boundary fits as `warning:` lines and
-  failed fits as `error:` lines on stderr. Exit 0 when every fit succeeded, 1 when some fit
+  CSV + Markdown (+ fits.json) into --out, shows accepted edge vertices and boundary fits as
+  `warning:` lines and failed fits as `error:` lines on stderr. Exit 0 when every fit succeeded, 1 when some fit
   raised FitError (the rest are still reported and written).
 - plot: fits the same way and writes the figures (PNG, PDF, SVG by default), printing their paths.
 Anything the user got wrong (missing file, unknown column, bad --columns) raises UserError, which
@@ -47,7 +47,7 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
                    help="accept parabola vertices outside the sampled sizes (shown as warnings) instead of failing")
     p.add_argument("--accept-boundary-fit", action="store_true",
                    help="accept approach-3 fits whose optimum lies on the law's boundary (E collapsed to 0, or a "
-                        "term that vanished over the runs; shown as warnings) instead of failing")
+                        "term that vanished or went flat over the runs; shown as warnings) instead of failing")
     p.add_argument("--huber", action="store_true", help="Huber-robust parabolas (approach 2)")
     p.add_argument("--reference", default=None, help="group the compute multipliers are measured against (default: the first)")
     p.add_argument("--out", type=Path, default=None, help="output directory")
@@ -85,8 +85,8 @@ def _options(args):
     return FitOptions(
         group_by=group_by, drop_highest=args.drop_highest, n_bootstrap=args.bootstrap, seed=args.seed,
         bootstrap_method=args.bootstrap_method,
-        accept_edge=args.accept_edge_vertex, accept_boundary=args.accept_boundary_fit, huber=args.huber, budget_tolerance_dex=args.budget_tolerance,
-        budgets=budgets, reference=args.reference,
+        accept_edge=args.accept_edge_vertex, accept_boundary=args.accept_boundary_fit, huber=args.huber,
+        budget_tolerance_dex=args.budget_tolerance, budgets=budgets, reference=args.reference,
     )
 
 

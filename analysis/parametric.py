@@ -17,11 +17,11 @@ optimum (on Hoffmann's data the polished one is 5e-14 lower, parameters 4e-6 apa
 A fit whose optimum lies on the boundary of the law raises FitError unless the caller accepts it
 (accept_boundary=True; then it carries the reasons as warnings): E collapsed to 0 (the runs do not
 bound the irreducible loss, so E, A and alpha trade off freely; Besiroglu's fit of Hoffmann's data
-has E at 87% of the lowest loss, a CPU demo sweep's E collapses to 1e-13 of it), or a power-law
+has E at 87% of the lowest loss; in the CPU demo, four families' E fall below 1e-13), or a power-law
 term that vanished over the runs (its median share of the loss below TERM_FLOOR) or went flat (its
 exponent below EXPONENT_FLOOR, so it acts as a second E). On the published data in shared/data the
-two regimes are far apart (E at 28-100% of the lowest loss or below 1e-11 of it; exponents 0.078
-and up), so the floors are not fine-tuned (tests/analysis/test_parametric.py).
+two regimes are far apart (E at 28-100% of the lowest loss or below 1e-11 of it; interior
+exponents 0.097 and up), so the floors are not fine-tuned (tests/analysis/test_parametric.py).
 
 Compute-optimal allocation under C = 6 N D (Hoffmann eq. 4):
 G = (alpha A / (beta B))^(1 / (alpha + beta)), N_opt = G (C/6)^a, D_opt = G^-1 (C/6)^b with
@@ -51,7 +51,7 @@ POLISH_METHOD, POLISH_OPTIONS = "BFGS", {"gtol": 1e-12, "maxiter": 2000}
 E_FLOOR = 1e-3  # E below this share of the lowest loss: the irreducible loss collapsed to 0
 TERM_FLOOR = 1e-3  # A/N^alpha or B/D^beta below this median share of the loss: the term vanished
 # An exponent below this makes its term a near-constant standing in for E (a 1000x range of N or D
-# moves it by under 7%); the smallest interior exponent on the published data is 0.078.
+# moves it by under 7%); the smallest interior exponent on the published data is 0.097.
 EXPONENT_FLOOR = 0.01
 
 
