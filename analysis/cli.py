@@ -2,8 +2,8 @@
 
 scaling/cli.py calls register(subparsers); each subcommand sets func(args) -> exit status.
 - fit: prints one line per group (or a JSON list with --json), writes fits/optima/multipliers as
-  CSV + Markdown (+ fits.json) into --out, shows accepted edge vertices and boundary fits as
-  `warning:` lines and failed fits as `error:` lines on stderr. Exit 0 when every fit succeeded, 1 when some fit
+  CSV + Markdown (+ fits.json) into --out, shows accepted edge vertices, boundary fits and
+  left-out budgets as `warning:` lines and failed fits as `error:` lines on stderr. Exit 0 when every fit succeeded, 1 when some fit
   raised FitError (the rest are still reported and written).
 - plot: fits the same way and writes the figures (PNG, PDF, SVG by default), printing their paths.
 Anything the user got wrong (missing file, unknown column, bad --columns) raises UserError, which
@@ -45,6 +45,9 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--accept-edge-vertex", action="store_true",
                    help="accept parabola vertices outside the sampled sizes (shown as warnings) instead of failing")
+    p.add_argument("--drop-failed-budgets", action="store_true",
+                   help="approach 2 leaves out the budgets whose parabola fails (each shown as a warning) and fits "
+                        "the rest, when at least 2 remain, instead of failing the group")
     p.add_argument("--accept-boundary-fit", action="store_true",
                    help="accept approach-3 fits whose optimum lies on the law's boundary (E collapsed to 0, or a "
                         "term that vanished or went flat over the runs; shown as warnings) instead of failing")
@@ -86,7 +89,7 @@ def _options(args):
         group_by=group_by, drop_highest=args.drop_highest, n_bootstrap=args.bootstrap, seed=args.seed,
         bootstrap_method=args.bootstrap_method,
         accept_edge=args.accept_edge_vertex, accept_boundary=args.accept_boundary_fit, huber=args.huber,
-        budget_tolerance_dex=args.budget_tolerance, budgets=budgets, reference=args.reference,
+        drop_failed_budgets=args.drop_failed_budgets, budget_tolerance_dex=args.budget_tolerance, budgets=budgets, reference=args.reference,
     )
 
 

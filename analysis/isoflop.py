@@ -9,6 +9,9 @@ space: N* = k C^a, D* = k' C^b (a + b = 1 when D* is derived this way) and L* = 
 A fit either is trustworthy or raises FitError: fewer than 3 sizes at a budget (the parabola has
 3 coefficients), curvature c2 <= 0 (no minimum), non-finite input, or a vertex outside the sampled
 sizes (an extrapolated optimum; allowed with accept_edge=True, and then reported as a warning).
+With drop_failed=True the budgets that fail are left out, each named in a warning, as long as
+at least MIN_BUDGETS remain (published sweeps often sample their smallest budget too coarsely:
+7 of Porian et al.'s 15 lose one to four budgets this way).
 
 The parabola solver is batched over rows so a bootstrap fits all its resamples in one call; the
 optional Huber fit is iteratively reweighted least squares with the classical k = 1.345 (95%
@@ -206,7 +209,8 @@ def fit_budget(flops: float, n_params, loss, *, accept_edge=False, huber=False, 
             "sample sizes on both sides of the optimum", group=group, flops=flops,
         )
     parabola = Parabola(centre, float(c0), float(c1), float(c2))
-    n_star = float(np.exp(parabola.vertex_log_n))
+    with np.errstate(over="ignore"):  # a near-flat parabola's vertex can lie at N* = inf: an edge, said below
+        n_star = float(np.exp(parabola.vertex_log_n))
     lo, hi = float(n_params.min()), float(n_params.max())
     at_edge = not (lo <= n_star <= hi)
     if at_edge and not accept_edge:
@@ -236,7 +240,7 @@ def power_laws_through(optima, group="") -> tuple[PowerLaw, PowerLaw, PowerLaw]:
     return tuple(laws)
 
 
-def fit_isoflop(flops, n_params, loss, *, accept_edge=False, huber=False, group="") -> IsoFlopFit:
+def fit_isoflop(flops, n_params, loss, *, accept_edge=False, huber=False, drop_failed=False, group="") -> IsoFlopFit:
     """Approach 2 for one group. flops are the runs' budgets (equal within a budget)."""
     flops, n_params, loss = (np.asarray(v, float) for v in (flops, n_params, loss))
     _check_finite(flops, n_params, loss, group)
@@ -257,16 +261,19 @@ def fit_isoflop(flops, n_params, loss, *, accept_edge=False, huber=False, group=
                                      huber=huber, group=group))
         except FitError as exc:
             failures.append(exc)
-    if failures:
+    enough = len(optima) >= MIN_BUDGETS
+    if failures and not (drop_failed and enough):
         fitted = [f"{o.flops:.3g}" for o in optima]
         hint = (f". Budgets {', '.join(fitted)} have a trusted minimum: fit them alone with --budgets "
-                f"{','.join(fitted)}" if len(fitted) >= MIN_BUDGETS else "")
+                f"{','.join(fitted)}, or leave the others out (drop_failed=True, --drop-failed-budgets)"
+                if enough else "")
         if len(failures) == 1 and not hint:
             raise failures[0]
         raise FitError("approach 2: " + "; ".join(f"budget {e.flops:.3g}: {e.reason}" for e in failures) + hint,
                        group=group)
     optima = tuple(optima)
-    warnings = tuple(
+    dropped = tuple(f"group {group}: budget {e.flops:.3g} FLOPs left out of approach 2: {e.reason}" for e in failures)
+    warnings = dropped + tuple(
         f"group {group}: budget {o.flops:.3g} FLOPs: vertex N* = {o.n_params:.3g} outside sampled sizes "
         f"[{o.n_params_min:.3g}, {o.n_params_max:.3g}] (extrapolated, accepted)"
         for o in optima if o.at_edge

@@ -32,6 +32,7 @@ def group_row(g: GroupResult) -> dict:
     row = dict(g.key)
     row.update(group=g.label, n_runs=len(g.points), n_budgets=int(g.points["budget"].nunique()))
     iso, boot = g.isoflop, g.isoflop_boot
+    row["n_budgets_fitted"] = len(iso.optima) if iso else 0  # approach 2's, after any left out
     row["a"], row["b"] = (iso.a, iso.b) if iso else (math.nan, math.nan)
     _interval(boot, "a", row)
     _interval(boot, "b", row)
@@ -168,7 +169,9 @@ def summary_lines(result: SweepResult) -> list[str]:
         # fit can push them to 1e40 (a fixed-point format printed 42 digits)
         params = (f"{p[0]:7.4g} {p[1]:9.4g} {p[2]:9.4g} {p[3]:6.3f} {p[4]:6.3f} {p[5]:6.3f}"
                   if math.isfinite(p[0]) else "approach 3 failed")
-        lines.append(f"{row['group']:<{width}} {row['n_runs']:>4} {row['n_budgets']:>7}  {est('a'):<24} {est('b'):<24} {params}")
+        budgets = (f"{row['n_budgets_fitted']}/{row['n_budgets']}" if 0 < row["n_budgets_fitted"] < row["n_budgets"]
+                   else str(row["n_budgets"]))  # approach 2 left some out: fitted/all
+        lines.append(f"{row['group']:<{width}} {row['n_runs']:>4} {budgets:>7}  {est('a'):<24} {est('b'):<24} {params}")
     for m in result.multipliers:
         for l, r, lo, hi in zip(m.loss, m.ratio, m.ratio_lo, m.ratio_hi):
             band = f" [{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) else ""

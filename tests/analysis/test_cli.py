@@ -172,6 +172,25 @@ def test_edge_vertex_is_an_error_or_a_visible_warning(tmp_path, capsys):
     assert err.count("warning: ") >= 3 and "extrapolated, accepted" in err
 
 
+def test_failed_budgets_fail_the_group_or_are_left_out_visibly(tmp_path, capsys):
+    table = make_sweep_table({"ar": CHINCHILLA_SURFACE}, budgets=(1e18, 1e19, 1e20, 1e21), n_sizes=5, span_dex=0.5)
+    smallest = table["flops_budget"] == 1e18
+    table.loc[smallest, "n_params"] *= 10 ** 0.6  # this budget's grid now sits above its optimum
+    table.loc[smallest, "n_tokens"] = 1e18 / (6 * table.loc[smallest, "n_params"])
+    table["val_loss"] = CHINCHILLA_SURFACE.as_fit().predict_loss(table["n_params"], table["n_tokens"])
+    table.to_csv(tmp_path / "results.csv", index=False)
+    assert run(["fit", str(tmp_path), "--bootstrap", "0"]) == 1
+    assert "--drop-failed-budgets" in capsys.readouterr().err
+    assert run(["fit", str(tmp_path), "--bootstrap", "20", "--drop-failed-budgets"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: group ar: budget 1e+18 FLOPs left out of approach 2: vertex N*" in captured.err
+    assert captured.out.splitlines()[1].split()[:3] == ["ar", "20", "3/4"]
+    fits = pd.read_csv(tmp_path / "fits" / "fits.csv")
+    assert (fits.loc[0, "n_budgets"], fits.loc[0, "n_budgets_fitted"]) == (4, 3)
+    assert fits.loc[0, "a"] == pytest.approx(CHINCHILLA_SURFACE.as_fit().a, abs=0.02)
+    assert list(pd.read_csv(tmp_path / "fits" / "optima.csv")["flops"]) == [1e19, 1e20, 1e21]
+
+
 def test_a_boundary_parametric_fit_is_an_error_or_a_visible_warning(tmp_path, capsys):
     """Approach 3 on runs with no N-dependence: A/N^alpha vanishes or goes flat (a second E)."""
     table = make_sweep_table({"ar": CHINCHILLA_SURFACE}, budgets=(1e18, 1e19, 1e20, 1e21), n_sizes=7, span_dex=1.0)
