@@ -48,6 +48,9 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drop-failed-budgets", action="store_true",
                    help="approach 2 leaves out the budgets whose parabola fails (each shown as a warning) and fits "
                         "the rest, when at least 2 remain, instead of failing the group")
+    p.add_argument("--parabola-window", type=float, default=None, metavar="DEX",
+                   help="approach 2 fits each budget's parabola to the runs within DEX decades of N of its "
+                        "lowest-loss run (for grids much wider than the curve's minimum, e.g. 0.6)")
     p.add_argument("--accept-boundary-fit", action="store_true",
                    help="accept approach-3 fits whose optimum lies on the law's boundary (E collapsed to 0, or a "
                         "term that vanished or went flat over the runs; shown as warnings) instead of failing")
@@ -75,6 +78,8 @@ def _options(args):
         raise UserError(f"--drop-highest must be >= 0, got {args.drop_highest}")
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.parabola_window is not None and not args.parabola_window > 0:
+        raise UserError(f"--parabola-window must be > 0 decades, got {args.parabola_window}")
     if args.budget_tolerance < 0:
         raise UserError(f"--budget-tolerance must be >= 0 (log10 units), got {args.budget_tolerance}")
     budgets = None
@@ -89,7 +94,8 @@ def _options(args):
         group_by=group_by, drop_highest=args.drop_highest, n_bootstrap=args.bootstrap, seed=args.seed,
         bootstrap_method=args.bootstrap_method,
         accept_edge=args.accept_edge_vertex, accept_boundary=args.accept_boundary_fit, huber=args.huber,
-        drop_failed_budgets=args.drop_failed_budgets, budget_tolerance_dex=args.budget_tolerance, budgets=budgets, reference=args.reference,
+        drop_failed_budgets=args.drop_failed_budgets, parabola_window_dex=args.parabola_window,
+        budget_tolerance_dex=args.budget_tolerance, budgets=budgets, reference=args.reference,
     )
 
 

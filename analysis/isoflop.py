@@ -225,6 +225,23 @@ def fit_budget(flops: float, n_params, loss, *, accept_edge=False, huber=False, 
     )
 
 
+def window_rows(flops, n_params, loss, dex: float) -> np.ndarray:
+    """Mask of the runs within dex decades of N of their budget's lowest-loss run.
+
+    A parabola in ln N describes an iso-FLOP curve near its minimum; over a wide grid (Porian et
+    al. sample 2-3 decades per budget) the curve's asymmetric flanks dominate the fit and its
+    residuals are model error. Fitting near the minimum keeps the vertex where the data put it
+    and leaves residuals that are mostly noise. The window is chosen once, from the data, and
+    kept fixed in the bootstrap (which therefore slightly understates the vertex's spread)."""
+    flops, n_params, loss = (np.asarray(v, float) for v in (flops, n_params, loss))
+    keep = np.zeros(len(flops), dtype=bool)
+    for c in np.unique(flops):
+        rows = flops == c
+        best = n_params[rows][np.argmin(loss[rows])]
+        keep |= rows & (np.abs(np.log10(n_params / best)) <= dex + 1e-12)
+    return keep
+
+
 def power_laws_through(optima, group="") -> tuple[PowerLaw, PowerLaw, PowerLaw]:
     """N*(C), D*(C), L*(C) power laws through the budgets' optima."""
     if len(optima) < MIN_BUDGETS:

@@ -19,7 +19,7 @@ import pandas as pd
 from analysis.bootstrap import BootstrapSamples, bootstrap_isoflop, bootstrap_parametric
 from analysis.envelope import EnvelopeFit, fit_envelope
 from analysis.errors import FitError
-from analysis.isoflop import IsoFlopFit, fit_isoflop
+from analysis.isoflop import IsoFlopFit, fit_isoflop, window_rows
 from analysis.multipliers import HeldOutCheck, Multiplier, check_held_out, compute_multiplier
 from analysis.parametric import ParametricFit, fit_parametric_grid
 from analysis.table import assign_budgets, split_groups
@@ -35,6 +35,7 @@ class FitOptions:
     accept_edge: bool = False  # accept parabola vertices outside the sampled sizes (warned)
     accept_boundary: bool = False  # accept approach-3 optima on the law's boundary (warned)
     drop_failed_budgets: bool = False  # approach 2 leaves out budgets whose parabola fails (warned)
+    parabola_window_dex: float | None = None  # approach 2 fits sizes within this many decades of each budget's best
     huber: bool = False  # Huber-robust parabolas
     budget_tolerance_dex: float = 0.0  # group noisy flops into budgets (see table.assign_budgets)
     budgets: tuple[float, ...] | None = None  # nominal budget centres to snap flops to
@@ -109,6 +110,9 @@ def fit_group(label: str, key: dict, rows: pd.DataFrame, options: FitOptions, st
     c, n, d, l = (on_budget[k].to_numpy(float) for k in ("budget", "n_params", "tokens", "loss"))
     shape = dict(accept_edge=options.accept_edge, huber=options.huber, group=label)
     envelope = _attempt(lambda: fit_envelope(c, n, d, l, group=label), errors, label)
+    if options.parabola_window_dex is not None:
+        near = window_rows(c, n, l, options.parabola_window_dex)
+        c, n, l = c[near], n[near], l[near]
     isoflop = _attempt(lambda: fit_isoflop(c, n, l, drop_failed=options.drop_failed_budgets, **shape), errors, label)
     iso_boot = holdout = None
     if isoflop is not None:

@@ -129,6 +129,19 @@ def test_unknown_group_by_column_is_a_user_error(sweep_dir):
         run(["fit", str(sweep_dir), "--group-by", "dataset", "--bootstrap", "0"])
 
 
+@pytest.mark.parametrize("window", ["0", "-0.5"])
+def test_a_parabola_window_must_be_positive(sweep_dir, window):
+    with pytest.raises(UserError, match=f"--parabola-window must be > 0 decades, got {float(window)}"):
+        run(["fit", str(sweep_dir), "--parabola-window", window, "--bootstrap", "0"])
+
+
+def test_a_parabola_window_fits_only_the_runs_near_each_budgets_best(sweep_dir):
+    """5 sizes a quarter decade apart around each optimum: a 0.3-decade window keeps 3 of them."""
+    assert run(["fit", str(sweep_dir), "--parabola-window", "0.3", "--bootstrap", "0"]) == 0
+    optima = pd.read_csv(sweep_dir / "fits" / "optima.csv")
+    assert set(optima["n_runs"]) == {3}
+
+
 # --- fit / plot -------------------------------------------------------------------------------
 
 
