@@ -13,6 +13,7 @@ no GUI backend is ever touched.
 
 from __future__ import annotations
 
+import textwrap
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from analysis.sweep import GroupResult, SweepResult
 
 PANEL_WIDTH_IN, PANEL_HEIGHT_IN = 3.3, 2.5  # one column of a two-column paper
 MAX_COLUMNS = 4
+TITLE_WIDTH_CHARS = 48  # what fits over a 3.3-inch panel at 8 pt
 FORMATS = ("png", "pdf", "svg")
 CHINCHILLA_TOKENS_PER_PARAM = 20.0  # Hoffmann et al. 2022's compute-optimal ratio
 STYLE = {
@@ -111,6 +113,9 @@ def plot_isoflop_curves(groups: list[GroupResult]) -> Figure:
             ax.plot([o.n_params], [o.loss], "*", ms=8, mec="black", mfc=face, mew=0.8, zorder=5)
         n_budgets = g.points["budget"].nunique()
         title = g.label if g.isoflop else f"{g.label} ({len(optima)}/{n_budgets} budgets fit, no power law)"
+        # a label of several --group-by columns ("dataset=rw,hparams=tuned,...") runs into the next
+        # panel's title on one line: break it at its commas to fit the panel
+        title = "\n".join(textwrap.wrap(title.replace(",", ", "), TITLE_WIDTH_CHARS)).replace(", ", ",")
         ax.set(xscale="log", xlabel=LABEL_N, ylabel=LABEL_LOSS, title=title)
     for ax in axes[len(groups):]:
         ax.set_visible(False)
