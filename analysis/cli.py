@@ -3,8 +3,8 @@
 scaling/cli.py calls register(subparsers); each subcommand sets func(args) -> exit status.
 - fit: prints one line per group (or a JSON list with --json), writes fits/optima/multipliers as
   CSV + Markdown (+ fits.json) into --out, shows accepted edge vertices, boundary fits and
-  left-out budgets as `warning:` lines and failed fits as `error:` lines on stderr. Exit 0 when every fit succeeded, 1 when some fit
-  raised FitError (the rest are still reported and written).
+  left-out budgets as `warning:` lines and failed fits as `error:` lines on stderr. Exit 0 when
+  every fit succeeded, 1 when some fit raised FitError (the rest are still reported and written).
 - plot: fits the same way and writes the figures (PNG, PDF, SVG by default), printing their paths.
 Anything the user got wrong (missing file, unknown column, bad --columns) raises UserError, which
 the top-level CLI prints as one line with exit status 2.

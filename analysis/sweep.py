@@ -55,7 +55,7 @@ class GroupResult:
     parametric_boot: BootstrapSamples | None = None
     holdout: HeldOutCheck | None = None
     errors: tuple[str, ...] = ()  # a fit that failed (FitError message)
-    warnings: tuple[str, ...] = ()  # accepted edge vertices and boundary fits, dropped runs
+    warnings: tuple[str, ...] = ()  # accepted edges and boundary fits, left-out budgets and runs, skew
     notes: tuple[str, ...] = ()  # diagnostics that could not be computed (e.g. too few budgets)
 
 
