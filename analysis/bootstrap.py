@@ -55,7 +55,11 @@ class BootstrapSamples:
 
     def interval(self, name: str) -> tuple[float, float]:
         """Percentile interval (elementwise for per-budget samples); NaN when no resample survived."""
-        values = self.samples[name]
+        return self.interval_of(self.samples[name])
+
+    def interval_of(self, values: np.ndarray) -> tuple[float, float]:
+        """The same interval for any quantity computed per resample (one entry or row each)."""
+        values = np.asarray(values, float)
         if len(values) == 0:
             nan = np.full(values.shape[1:], np.nan)
             return (float(nan) if nan.ndim == 0 else nan,) * 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -64,6 +65,9 @@ def register(subparsers) -> None:
     fit = subparsers.add_parser("fit", help="fit scaling laws (approaches 1-3) to sweep results or a CSV of runs")
     _add_inputs(fit)
     fit.add_argument("--json", action="store_true", help="print a JSON list, one object per group")
+    fit.add_argument("--at", default=None, metavar="FLOPS",
+                     help="comma-separated computes to answer for: each group's N*, D*, L* there, with intervals "
+                          "(written to predictions.csv/.md), e.g. 1e21,1e22")
     fit.set_defaults(func=run_fit)
     plot = subparsers.add_parser("plot", help="write the iso-FLOP, frontier and residual figures")
     _add_inputs(plot)
@@ -141,15 +145,28 @@ def _default_out(args, leaf: str) -> Path:
     return (args.sweep_dirs[0] / leaf) if args.sweep_dirs else Path(leaf)
 
 
+def _computes(text: str | None) -> tuple[float, ...]:
+    if not text:
+        return ()
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise UserError(f"--at: {text!r} is not a comma-separated list of numbers, e.g. 1e21,1e22") from exc
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise UserError(f"--at: computes must be positive FLOPs, got {text}")
+    return values
+
+
 def run_fit(args) -> int:
     from analysis.report import json_records, summary_lines, write_tables
 
+    at = _computes(args.at)  # checked before anything is read or fitted
     result = _fit(args)
-    paths = write_tables(result, writable_folder(_default_out(args, "fits"), "--out"))
+    paths = write_tables(result, writable_folder(_default_out(args, "fits"), "--out"), at)
     if args.json:
-        print(json.dumps(json_records(result), indent=1))
+        print(json.dumps(json_records(result, at), indent=1))
     else:
-        print("\n".join(summary_lines(result)))
+        print("\n".join(summary_lines(result, at)))
     print(f"wrote {len(paths)} files to {paths[0].parent}", file=sys.stderr if args.json else sys.stdout)
     return 1 if result.errors else 0
 

@@ -3,7 +3,9 @@
 Three tables per sweep: `fits` (one row per group: exponents with intervals for approaches 1-3,
 the parametric law with bootstrap standard errors, the held-out check), `optima` (one row per
 group and budget: the approach-2 vertex with its interval and approach 3's closed-form optimum)
-and `multipliers` (one row per group and loss level). Column names carry units and roles.
+and `multipliers` (one row per group and loss level); with `at` (computes to answer for), a
+fourth, `predictions` (one row per group and compute: N*, D*, L* with intervals, approach 3's
+allocation, how far it extrapolates). Column names carry units and roles.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.predict import predict_at
 from analysis.sweep import GroupResult, SweepResult
 
 PARAMETRIC_NAMES = ("E", "A", "B", "alpha", "beta")
@@ -99,6 +102,16 @@ def multipliers_table(result: SweepResult) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["group", "reference", "loss", "flops_ratio", "flops_ratio_lo", "flops_ratio_hi"])
 
 
+def predictions_table(result: SweepResult, at=()) -> pd.DataFrame:
+    rows = []
+    for flops in at:
+        for g in result.groups:
+            p = predict_at(g, flops)
+            rows.append(dict(g.key) | {k: getattr(p, k) for k in p.__dataclass_fields__}
+                        | {"tokens_per_param": p.tokens_per_param})
+    return pd.DataFrame(rows)
+
+
 def _clean(value):
     """JSON-safe: NaN -> None, numpy scalars -> Python."""
     if isinstance(value, (np.generic,)):
@@ -108,10 +121,12 @@ def _clean(value):
     return value
 
 
-def json_records(result: SweepResult) -> list[dict]:
-    """One object per group: its column values, the headline numbers, optima, multipliers."""
+def json_records(result: SweepResult, at=()) -> list[dict]:
+    """One object per group: its column values, the headline numbers, optima, multipliers, and the
+    predictions at the computes `at`."""
     optima = optima_table(result)
     mults = multipliers_table(result)
+    predictions = predictions_table(result, at)
     records = []
     for g in result.groups:
         record = {k: _clean(v) for k, v in group_row(g).items() if k != "errors"}
@@ -122,6 +137,10 @@ def json_records(result: SweepResult) -> list[dict]:
         ]
         mine = mults[mults["group"] == g.label]
         record["multipliers"] = [{k: _clean(v) for k, v in r.items() if k != "group"} for r in mine.to_dict("records")]
+        if len(predictions):
+            ours = predictions[predictions["group"] == g.label]
+            record["predictions"] = [{k: _clean(v) for k, v in r.items() if k not in g.key and k != "group"}
+                                     for r in ours.to_dict("records")]
         records.append(record)
     return records
 
@@ -139,22 +158,26 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body]) + "\n"
 
 
-def write_tables(result: SweepResult, out_dir: Path) -> list[Path]:
-    """fits, optima and multipliers as CSV and Markdown under out_dir; returns the paths."""
+def write_tables(result: SweepResult, out_dir: Path, at=()) -> list[Path]:
+    """fits, optima, multipliers (and predictions at the computes `at`) as CSV and Markdown under
+    out_dir, plus fits.json; returns the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     tables = {"fits": fits_table(result), "optima": optima_table(result), "multipliers": multipliers_table(result)}
+    if at:
+        tables["predictions"] = predictions_table(result, at)
     for name, table in tables.items():
         table.to_csv(out_dir / f"{name}.csv", index=False)
         (out_dir / f"{name}.md").write_text(to_markdown(table))
         paths += [out_dir / f"{name}.csv", out_dir / f"{name}.md"]
-    (out_dir / "fits.json").write_text(json.dumps(json_records(result), indent=1))
+    (out_dir / "fits.json").write_text(json.dumps(json_records(result, at), indent=1))
     return paths + [out_dir / "fits.json"]
 
 
-def summary_lines(result: SweepResult) -> list[str]:
-    """The readable table the CLI prints: one line per group."""
+def summary_lines(result: SweepResult, at=()) -> list[str]:
+    """The readable table the CLI prints: one line per group, then multipliers, held-out checks and
+    a line per group and compute in `at`."""
     width = max([len("group")] + [len(g.label) for g in result.groups])
     lines = [f"{'group':<{width}} {'runs':>4} {'budgets':>7}  {'a (N*~C^a) [95%]':<24} {'b (D*~C^b) [95%]':<24} "
              f"{'E':>7} {'A':>9} {'B':>9} {'alpha':>6} {'beta':>6} {'a3':>6}"]
@@ -181,4 +204,24 @@ def summary_lines(result: SweepResult) -> list[str]:
             h = g.holdout
             lines.append(f"held-out {g.label} at {h.flops:.3g} FLOPs: N* error {100 * h.n_params_error:+.1f}%, "
                          f"L* error {100 * h.loss_error:+.2f}% (fit on {h.n_budgets_fitted} budgets)")
+    for flops in at:
+        lines.extend(prediction_line(predict_at(g, flops), width) for g in result.groups)
     return lines
+
+
+def prediction_line(p, width: int = 0) -> str:
+    """'at 1e+21 FLOPs  ar  N* 1.2e+09 [9.8e+08, 1.5e+09]  D* ...  L* ...  (approach 3: N* ..., D* ...)'."""
+    def value(name, digits):
+        v, lo, hi = getattr(p, name), getattr(p, f"{name}_lo"), getattr(p, f"{name}_hi")
+        band = f" [{lo:.{digits}g}, {hi:.{digits}g}]" if math.isfinite(lo) else ""
+        return f"{v:.{digits}g}{band}"
+    head = f"at {p.flops:.3g} FLOPs  {p.group:<{width}}"
+    if not math.isfinite(p.n_params):
+        law = "no approach-2 law"
+    else:
+        reach = f", {p.extrapolation:.3g}x beyond the largest fitted budget" if p.extrapolation > 1.0 + 1e-9 else ""
+        law = (f"N* {value('n_params', 3)}  D* {value('n_tokens', 3)}  D*/N* {p.tokens_per_param:.3g}  "
+               f"L* {value('loss', 4)}{reach}")
+    if math.isfinite(p.n_params_parametric):
+        law += f"  (approach 3: N* {p.n_params_parametric:.3g}, D* {p.n_tokens_parametric:.3g})"
+    return f"{head}  {law}"

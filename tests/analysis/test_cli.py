@@ -129,6 +129,12 @@ def test_unknown_group_by_column_is_a_user_error(sweep_dir):
         run(["fit", str(sweep_dir), "--group-by", "dataset", "--bootstrap", "0"])
 
 
+@pytest.mark.parametrize("at, problem", [("1e21,lots", "is not a comma-separated list"), ("0", "must be positive")])
+def test_a_bad_compute_to_answer_for_is_a_user_error(sweep_dir, at, problem):
+    with pytest.raises(UserError, match=f"--at: .*{problem}"):
+        run(["fit", str(sweep_dir), "--at", at, "--bootstrap", "0"])
+
+
 @pytest.mark.parametrize("window", ["0", "-0.5"])
 def test_a_parabola_window_must_be_positive(sweep_dir, window):
     with pytest.raises(UserError, match=f"--parabola-window must be > 0 decades, got {float(window)}"):
@@ -170,6 +176,21 @@ def test_fit_sweep_writes_tables_and_prints_groups(sweep_dir, capsys):
         assert (sweep_dir / "fits" / f"{name}.csv").exists() and (sweep_dir / "fits" / f"{name}.md").exists()
     fits = pd.read_csv(sweep_dir / "fits" / "fits.csv")
     assert list(fits["group"]) == sorted(FAMILIES)
+
+
+def test_fit_at_a_compute_answers_for_every_group(sweep_dir, capsys):
+    assert run(["fit", str(sweep_dir), "--bootstrap", "20", "--at", "1e21,1e22"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("at ")]
+    assert len(lines) == 2 * len(FAMILIES)
+    assert all("N* " in line and "D*/N* " in line and "x beyond the largest fitted budget" in line for line in lines)
+    table = pd.read_csv(sweep_dir / "fits" / "predictions.csv")
+    assert list(table["flops"]) == [1e21] * 3 + [1e22] * 3
+    truth = CHINCHILLA_SURFACE.as_fit().compute_optimal(1e21)[0]
+    ar = table[(table["family"] == "ar") & (table["flops"] == 1e21)].iloc[0]
+    assert ar["n_params"] == pytest.approx(truth, rel=0.2) and ar["extrapolation"] == pytest.approx(10.0)
+    assert ar["n_params_lo"] < ar["n_params"] < ar["n_params_hi"]
+    record = json.loads((sweep_dir / "fits" / "fits.json").read_text())[0]
+    assert [p["flops"] for p in record["predictions"]] == [1e21, 1e22]
 
 
 def test_edge_vertex_is_an_error_or_a_visible_warning(tmp_path, capsys):
