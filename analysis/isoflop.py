@@ -229,8 +229,8 @@ def window_rows(flops, n_params, loss, dex: float) -> np.ndarray:
     """Mask of the runs within dex decades of N of their budget's lowest-loss run.
 
     A parabola in ln N describes an iso-FLOP curve near its minimum; over a wide grid (Porian et
-    al. sample 2-3 decades per budget) the curve's asymmetric flanks dominate the fit and its
-    residuals are model error. Fitting near the minimum keeps the vertex where the data put it
+    al.'s budgets span a median 1-2 decades, up to 3.1) the curve's asymmetric flanks dominate
+    the fit and its residuals are model error. Fitting near the minimum keeps the vertex where the data put it
     and leaves residuals that are mostly noise. The window is chosen once, from the data, and
     kept fixed in the bootstrap (which therefore slightly understates the vertex's spread)."""
     flops, n_params, loss = (np.asarray(v, float) for v in (flops, n_params, loss))

@@ -85,9 +85,9 @@ def _attempt(fn, errors: list, label: str):
 
 def skewed_interval_warnings(label: str, boot: BootstrapSamples, estimates: dict[str, float]) -> list[str]:
     """A percentile interval that misses its own estimate: the resamples are skewed, so it is not
-    a confidence interval. On Porian et al.'s wide grids (2-3 decades of N per budget) the parabola
-    misfits, its residuals are model error more than noise, and 18-64% of 200 residual resamples
-    lose a minimum at some budget. With 50 resamples one sweep's interval missed its estimate
+    a confidence interval. On Porian et al.'s wide grids (a median 1-2 decades of N per budget)
+    the parabola misfits, its residuals are model error more than noise, and 18-64% of 200
+    residual resamples lose a minimum at some budget. With 50 resamples one sweep's interval missed its estimate
     (0.663 against [0.408, 0.658]); with 200, none did."""
     found = []
     for name, value in estimates.items():

@@ -275,11 +275,11 @@ def test_window_rows_keeps_the_sizes_near_each_budgets_best_run():
 
 
 def test_a_parabola_window_fits_porians_wide_grids_better():
-    """Porian et al. sample 2-3 decades of N per budget. Fitting each parabola within 0.6 decades
-    of the budget's best run (all 15 sweeps, failed budgets left out either way), measured: 171
-    of 177 budgets fit instead of 156; the largest gap between approach 2's a and the envelope's
-    falls from 0.111 to 0.051 (medians 0.018 and 0.016); residual-bootstrap resamples that lose a
-    minimum, summed over the sweeps, fall from 1,192 to 291 of 3,000."""
+    """Porian et al.'s budgets span a median 1-2 decades of N, up to 3.1. Fitting each parabola
+    within 0.6 decades of the budget's best run (all 15 sweeps, failed budgets left out either
+    way), measured: 171 of 177 budgets fit instead of 156; the largest gap between approach 2's a
+    and the envelope's falls from 0.111 to 0.051 (medians 0.018 and 0.016); residual-bootstrap
+    resamples that lose a minimum, summed over the sweeps, fall from 1,192 to 291 of 3,000."""
     if not PORIAN_CSV.exists():
         pytest.skip(f"shared data not found at {PORIAN_CSV} (CI puts shared/ beside the repo)")
     fitted, gap, lost = {}, {}, {}
