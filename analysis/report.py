@@ -167,6 +167,9 @@ def write_tables(result: SweepResult, out_dir: Path, at=()) -> list[Path]:
     tables = {"fits": fits_table(result), "optima": optima_table(result), "multipliers": multipliers_table(result)}
     if at:
         tables["predictions"] = predictions_table(result, at)
+    else:  # a predictions table left by an earlier --at would not match these fits
+        for stale in (out_dir / "predictions.csv", out_dir / "predictions.md"):
+            stale.unlink(missing_ok=True)
     for name, table in tables.items():
         table.to_csv(out_dir / f"{name}.csv", index=False)
         (out_dir / f"{name}.md").write_text(to_markdown(table))

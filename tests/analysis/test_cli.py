@@ -191,6 +191,8 @@ def test_fit_at_a_compute_answers_for_every_group(sweep_dir, capsys):
     assert ar["n_params_lo"] < ar["n_params"] < ar["n_params_hi"]
     record = json.loads((sweep_dir / "fits" / "fits.json").read_text())[0]
     assert [p["flops"] for p in record["predictions"]] == [1e21, 1e22]
+    assert run(["fit", str(sweep_dir), "--bootstrap", "0"]) == 0  # refitted without --at: no stale table
+    assert not (sweep_dir / "fits" / "predictions.csv").exists()
 
 
 def test_edge_vertex_is_an_error_or_a_visible_warning(tmp_path, capsys):
