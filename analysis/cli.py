@@ -28,8 +28,9 @@ BOOTSTRAP_METHODS = ("residuals", "cases")
 
 
 def _add_inputs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sweep_dirs", nargs="*", type=Path, metavar="SWEEP_DIR",
-                   help="sweep output directories holding results.parquet (or results.csv); several are concatenated")
+    p.add_argument("sweep_dirs", nargs="*", type=Path, metavar="SWEEP",
+                   help="sweep YAML files (their run stores, <output_dir>/<name>) or output directories holding "
+                        "results.parquet (or results.csv); several are concatenated")
     p.add_argument("--csv", type=Path, help="a CSV of published runs instead of (or beside) sweep directories")
     p.add_argument("--columns", default=None,
                    help="map canonical columns (family, flops, n_params, tokens, loss) to the table's: "
@@ -103,11 +104,28 @@ def _options(args):
     )
 
 
+def _sweep_dirs(paths) -> list[Path]:
+    """A sweep YAML stands for its run store, as in `scaling run` and `scaling status`."""
+    from scaling.sweepfile import load_sweep
+
+    resolved = []
+    for path in paths:
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            sweep = load_sweep(path)
+            store = Path(sweep.output_dir) / sweep.name
+            if not any((store / name).is_file() for name in ("results.parquet", "results.csv")):
+                raise UserError(f"{path}: its run store {store} holds no results yet; run `scaling run {path}` first")
+            path = store
+        resolved.append(path)
+    return resolved
+
+
 def _fit(args):
     from analysis.sweep import fit_sweep
     from analysis.table import load_runs, parse_columns
 
     options = _options(args)  # validate options before reading anything
+    args.sweep_dirs = _sweep_dirs(args.sweep_dirs)
     df, notes = load_runs(args.sweep_dirs, args.csv, parse_columns(args.columns))
     if options.budgets:
         _check_budgets_have_runs(df["flops"], options)

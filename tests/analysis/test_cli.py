@@ -109,9 +109,36 @@ def test_missing_file_is_a_user_error(tmp_path):
         run(["fit", str(tmp_path)])
 
 
-def test_a_sweep_file_in_place_of_its_results_names_the_fix(repo):
+def _sweep_yaml(repo, tmp_path, output_dir: Path) -> Path:
+    """sweeps/smoke.yaml with its run store moved to output_dir/smoke."""
+    import yaml
+
+    config = yaml.safe_load((repo / "sweeps" / "smoke.yaml").read_text())
+    config["output_dir"] = str(output_dir)
+    path = tmp_path / "smoke.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_a_sweep_file_stands_for_its_run_store(repo, tmp_path, capsys):
+    store = tmp_path / "out" / "smoke"
+    store.mkdir(parents=True)
+    make_sweep_table(FAMILIES, budgets=(1e18, 1e19, 1e20), n_sizes=5, span_dex=1.0, noise=0.003).to_parquet(
+        store / "results.parquet", index=False)
+    assert run(["fit", str(_sweep_yaml(repo, tmp_path, tmp_path / "out")), "--bootstrap", "0"]) == 0
+    assert (store / "fits" / "fits.csv").exists()  # written beside the results, as for the directory
+
+
+def test_a_sweep_file_without_results_says_to_run_it(repo, tmp_path):
+    sweep = _sweep_yaml(repo, tmp_path, tmp_path / "empty")
+    with pytest.raises(UserError, match=rf"{sweep}: its run store .*empty/smoke holds no results yet; "
+                                        rf"run `scaling run {sweep}` first"):
+        run(["fit", str(sweep)])
+
+
+def test_a_sweep_file_passed_as_a_table_names_the_fix(repo):
     with pytest.raises(UserError, match=r"a sweep file, not a results table; pass the sweep's output directory"):
-        run(["fit", str(repo / "sweeps" / "demo.yaml")])
+        run(["fit", "--csv", str(repo / "sweeps" / "demo.yaml")])
 
 
 def test_unknown_column_in_columns_is_a_user_error(chinchilla_csv):
