@@ -87,13 +87,7 @@ def _options(args):
         raise UserError(f"--parabola-window must be > 0 decades, got {args.parabola_window}")
     if args.budget_tolerance < 0:
         raise UserError(f"--budget-tolerance must be >= 0 (log10 units), got {args.budget_tolerance}")
-    budgets = None
-    if args.budgets:
-        try:
-            budgets = tuple(float(v) for v in args.budgets.split(","))
-        except ValueError as exc:
-            raise UserError(f"--budgets: {args.budgets!r} is not a comma-separated list of numbers, "
-                            "e.g. 6e18,1e19,3e19") from exc
+    budgets = _numbers("--budgets", args.budgets, "6e18,1e19,3e19") or None
     group_by = tuple(c.strip() for c in args.group_by.split(",") if c.strip()) if args.group_by else None
     return FitOptions(
         group_by=group_by, drop_highest=args.drop_highest, n_bootstrap=args.bootstrap, seed=args.seed,
@@ -104,8 +98,19 @@ def _options(args):
     )
 
 
+def _numbers(flag: str, text: str | None, example: str) -> tuple[float, ...]:
+    """A comma-separated list of numbers (empty when the flag was not given)."""
+    if not text:
+        return ()
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise UserError(f"{flag}: {text!r} is not a comma-separated list of numbers, e.g. {example}") from exc
+
+
 def _sweep_dirs(paths) -> list[Path]:
     """A sweep YAML stands for its run store, as in `scaling run` and `scaling status`."""
+    from analysis.table import RESULT_FILES
     from scaling.sweepfile import load_sweep
 
     resolved = []
@@ -113,7 +118,7 @@ def _sweep_dirs(paths) -> list[Path]:
         if path.suffix in (".yaml", ".yml") and path.is_file():
             sweep = load_sweep(path)
             store = Path(sweep.output_dir) / sweep.name
-            if not any((store / name).is_file() for name in ("results.parquet", "results.csv")):
+            if not any((store / name).is_file() for name in RESULT_FILES):
                 raise UserError(f"{path}: its run store {store} holds no results yet; run `scaling run {path}` first")
             path = store
         resolved.append(path)
@@ -125,7 +130,7 @@ def _fit(args):
     from analysis.table import load_runs, parse_columns
 
     options = _options(args)  # validate options before reading anything
-    args.sweep_dirs = _sweep_dirs(args.sweep_dirs)
+    args.sweep_dirs = _sweep_dirs(args.sweep_dirs)  # resolved in place: --out defaults beside them
     df, notes = load_runs(args.sweep_dirs, args.csv, parse_columns(args.columns))
     if options.budgets:
         _check_budgets_have_runs(df["flops"], options)
@@ -164,12 +169,7 @@ def _default_out(args, leaf: str) -> Path:
 
 
 def _computes(text: str | None) -> tuple[float, ...]:
-    if not text:
-        return ()
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError as exc:
-        raise UserError(f"--at: {text!r} is not a comma-separated list of numbers, e.g. 1e21,1e22") from exc
+    values = _numbers("--at", text, "1e21,1e22")
     if not all(math.isfinite(v) and v > 0 for v in values):
         raise UserError(f"--at: computes must be positive FLOPs, got {text}")
     return values

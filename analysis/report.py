@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -107,8 +108,7 @@ def predictions_table(result: SweepResult, at=()) -> pd.DataFrame:
     for flops in at:
         for g in result.groups:
             p = predict_at(g, flops)
-            rows.append(dict(g.key) | {k: getattr(p, k) for k in p.__dataclass_fields__}
-                        | {"tokens_per_param": p.tokens_per_param})
+            rows.append(dict(g.key) | asdict(p) | {"tokens_per_param": p.tokens_per_param})
     return pd.DataFrame(rows)
 
 

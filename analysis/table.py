@@ -26,6 +26,7 @@ import pandas as pd
 from scaling.errors import UserError
 
 CANONICAL = ("family", "flops", "n_params", "tokens", "loss")
+RESULT_FILES = ("results.parquet", "results.csv")  # what `scaling run` writes in a run store, read in this order
 REQUIRED = ("flops", "n_params", "loss")
 SWEEP_COLUMNS = {"family": "family", "flops": "flops_budget", "n_params": "n_params", "tokens": "n_tokens", "loss": "val_loss"}
 FINISHED_STATUSES = frozenset({"ok", "done", "success", "succeeded", "completed", "finished"})
@@ -57,7 +58,7 @@ def read_table(path: Path) -> pd.DataFrame:
     """A parquet or CSV file, or a sweep directory's results.parquet / results.csv."""
     path = Path(path)
     if path.is_dir():
-        for name in ("results.parquet", "results.csv"):
+        for name in RESULT_FILES:
             if (path / name).is_file():
                 return read_table(path / name)
         raise UserError(f"{path}: no results.parquet or results.csv; pass a sweep output directory (scaling run writes them)")

@@ -1,11 +1,9 @@
-"""Approaches 1 and 2, their bootstrap, multipliers and the held-out check, on planted truths."""
+"""Approaches 1 and 2, their bootstrap, multipliers and the held-out check, on planted truths and
+on Porian et al.'s published sweeps."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pandas as pd
 import pytest
 
 from analysis.bootstrap import BootstrapSamples, bootstrap_isoflop
@@ -233,7 +231,6 @@ def test_dropping_failed_budgets_still_needs_two_that_fit():
 
 # Porian et al. 2024, Figure 1: Kaplan's setting, then one correction at a time. Per dataset the
 # setting key is (hparams, warmup, decay, param_count, loss_split) in shared/data/porian2024.
-PORIAN_CSV = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "porian2024" / "isoflop_points.csv"
 PORIAN_SETTING = ["hparams", "warmup", "decay", "param_count", "loss_split"]
 PORIAN_CORRECTIONS = [
     ("base", "long", "kaplan", "kaplan", "train"),  # Kaplan's setting: their law has a = 0.88
@@ -245,19 +242,17 @@ PORIAN_CORRECTIONS = [
 
 
 @pytest.mark.parametrize("dataset", ["owt2", "rw"])
-def test_approach_2_retraces_porians_corrections_on_their_published_sweeps(dataset):
+def test_approach_2_retraces_porians_corrections_on_their_published_sweeps(porian_runs, dataset):
     """Real published iso-FLOP data: each correction lowers a, from near Kaplan's 0.88 to near
     Chinchilla's 0.5. Measured: owt2 0.843, 0.753, 0.611, 0.555, 0.511; rw 0.865, 0.780, 0.659,
     0.563, 0.514 (Kaplan's setting loses its three smallest budgets, whose vertices lie below the
     sampled sizes; the standard count two (owt2) and three (rw)). Porian et al. estimate each
     budget's optimum by interpolation, not a parabola, so only the story is compared, not their
     digits."""
-    if not PORIAN_CSV.exists():
-        pytest.skip(f"shared data not found at {PORIAN_CSV} (CI puts shared/ beside the repo)")
-    runs = pd.read_csv(PORIAN_CSV)
     exponents = []
     for setting in PORIAN_CORRECTIONS:
-        rows = runs[(runs["dataset"] == dataset) & (runs[PORIAN_SETTING].apply(tuple, axis=1) == setting)]
+        rows = porian_runs[(porian_runs["dataset"] == dataset)
+                           & (porian_runs[PORIAN_SETTING].apply(tuple, axis=1) == setting)]
         fit = fit_isoflop(*(rows[k].to_numpy(float) for k in ("flops", "n_params", "loss")), drop_failed=True)
         assert len(fit.optima) >= 8
         exponents.append(fit.a)
@@ -274,18 +269,16 @@ def test_window_rows_keeps_the_sizes_near_each_budgets_best_run():
     assert keep.tolist() == [False, True, True, True, False, False, False, True, True, True]
 
 
-def test_a_parabola_window_fits_porians_wide_grids_better():
+def test_a_parabola_window_fits_porians_wide_grids_better(porian_runs):
     """Porian et al.'s budgets span a median 1-2 decades of N, up to 3.1. Fitting each parabola
     within 0.6 decades of the budget's best run (all 15 sweeps, failed budgets left out either
     way), measured: 171 of 177 budgets fit instead of 156; the largest gap between approach 2's a
     and the envelope's falls from 0.111 to 0.051 (medians 0.018 and 0.016); residual-bootstrap
     resamples that lose a minimum, summed over the sweeps, fall from 1,192 to 291 of 3,000."""
-    if not PORIAN_CSV.exists():
-        pytest.skip(f"shared data not found at {PORIAN_CSV} (CI puts shared/ beside the repo)")
     fitted, gap, lost = {}, {}, {}
     for window in (None, 0.6):
         fitted[window], gap[window], lost[window] = 0, [], 0
-        for _, rows in pd.read_csv(PORIAN_CSV).groupby(["dataset", *PORIAN_SETTING]):
+        for _, rows in porian_runs.groupby(["dataset", *PORIAN_SETTING]):
             c, n, d, l = (rows[k].to_numpy(float) for k in ("flops", "n_params", "tokens", "loss"))
             envelope_a = fit_envelope(c, n, d, l).a
             if window is not None:
@@ -302,15 +295,13 @@ def test_a_parabola_window_fits_porians_wide_grids_better():
     assert lost[0.6] < lost[None] / 3
 
 
-def test_the_three_approaches_agree_on_porians_corrected_setting():
+def test_the_three_approaches_agree_on_porians_corrected_setting(porian_runs):
     """Tuned AdamW, short warmup, constant rate, standard parameter count, validation loss, both
     datasets: the envelope, the iso-FLOP parabolas and Hoffmann's parametric law all give
     N* ~ C^a with a within 0.05 of each other, a fifth of the width of approach 2's own 95%
     bootstrap intervals here (0.25 and 0.35). Measured a (approaches 2, 1, 3): OpenWebText2 0.511, 0.514, 0.505
     (spread 0.009); RefinedWeb 0.514, 0.497, 0.529 (0.032)."""
-    if not PORIAN_CSV.exists():
-        pytest.skip(f"shared data not found at {PORIAN_CSV} (CI puts shared/ beside the repo)")
-    runs = pd.read_csv(PORIAN_CSV)
+    runs = porian_runs
     corrected = runs[(runs["hparams"] == "tuned") & (runs["warmup"] == "short") & (runs["param_count"] == "standard")]
     table = canonicalize(corrected, {}, "porian2024")
     result = fit_sweep(table, FitOptions(group_by=("dataset",), n_bootstrap=0))

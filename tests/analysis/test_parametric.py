@@ -23,7 +23,6 @@ from analysis.synthetic import CHINCHILLA_SURFACE, Surface
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO / ".." / "shared"
 CHINCHILLA_CSV = SHARED / "data" / "chinchilla_epoch" / "points.csv"
-PORIAN_CSV = SHARED / "data" / "porian2024" / "isoflop_points.csv"
 PORIAN_SETTING = ["dataset", "hparams", "warmup", "decay", "param_count", "loss_split"]
 
 # Besiroglu et al. 2024 (shared/data/chinchilla_epoch/README.md)
@@ -115,17 +114,15 @@ def test_chinchilla_reproduces_besiroglu_grid_replication(chinchilla_grid):
     print("distance to Besiroglu et al.'s final estimates:", gaps)
 
 
-def test_published_fits_are_interior_except_kaplans_own_setting(chinchilla_grid):
+def test_published_fits_are_interior_except_kaplans_own_setting(chinchilla_grid, porian_runs):
     """The boundary floors against real data: Hoffmann's points (Besiroglu's fit) and each of
     Porian et al.'s 15 iso-FLOP sweeps. One sweep reproduces Kaplan's setting (OpenWebText2,
     long warmup, Kaplan's decay and parameter count, train loss), whose fit is Kaplan's pure
     power law: E collapses to 3e-12. The others keep E at 28-100% of the lowest loss and exponents
     of 0.097 and up, orders of magnitude from the floors (about 11 s: 15 grid fits)."""
-    if not PORIAN_CSV.exists():
-        pytest.skip(f"shared data not found at {PORIAN_CSV} (CI puts shared/ beside the repo)")
     assert chinchilla_grid.fit.warnings == ()
     collapsed = []
-    for setting, rows in pd.read_csv(PORIAN_CSV).groupby(PORIAN_SETTING):
+    for setting, rows in porian_runs.groupby(PORIAN_SETTING):
         n, d, loss = (rows[c].to_numpy(float) for c in ("n_params", "tokens", "loss"))
         fit = fit_parametric(n, d, loss, accept_boundary=True)
         assert fit.warnings == tuple(f"approach 3: {r} (accepted)" for r in boundary_reasons(fit, n, d, loss))
