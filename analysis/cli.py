@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from scaling.errors import UserError, writable_folder
+from scaling.storage import location
 
 # The fitting and plotting modules (scipy, pandas, matplotlib) load only when a subcommand runs,
 # so `scaling --help` stays fast; these two lists mirror analysis.plots.FORMATS and
@@ -28,9 +29,9 @@ BOOTSTRAP_METHODS = ("residuals", "cases")
 
 
 def _add_inputs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sweep_dirs", nargs="*", type=Path, metavar="SWEEP",
+    p.add_argument("sweep_dirs", nargs="*", metavar="SWEEP",
                    help="sweep YAML files (their run stores, <output_dir>/<name>) or output directories holding "
-                        "results.parquet (or results.csv); several are concatenated")
+                        "results.parquet (or results.csv), local or at a URL (s3://...); several are concatenated")
     p.add_argument("--csv", type=Path, help="a CSV of published runs instead of (or beside) sweep directories")
     p.add_argument("--columns", default=None,
                    help="map canonical columns (family, flops, n_params, tokens, loss) to the table's: "
@@ -58,7 +59,7 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
                         "term that vanished or went flat over the runs; shown as warnings) instead of failing")
     p.add_argument("--huber", action="store_true", help="Huber-robust parabolas (approach 2)")
     p.add_argument("--reference", default=None, help="group the compute multipliers are measured against (default: the first)")
-    p.add_argument("--out", type=Path, default=None, help="output directory")
+    p.add_argument("--out", default=None, help="output directory (a folder or a URL)")
 
 
 def register(subparsers) -> None:
@@ -108,16 +109,17 @@ def _numbers(flag: str, text: str | None, example: str) -> tuple[float, ...]:
         raise UserError(f"{flag}: {text!r} is not a comma-separated list of numbers, e.g. {example}") from exc
 
 
-def _sweep_dirs(paths) -> list[Path]:
-    """A sweep YAML stands for its run store, as in `scaling run` and `scaling status`."""
+def _sweep_dirs(paths) -> list:
+    """A sweep YAML stands for its run store, as in `scaling run` and `scaling status`; a run store
+    may be a local folder or a URL (scaling/storage.py)."""
     from analysis.table import RESULT_FILES
     from scaling.sweepfile import load_sweep
 
     resolved = []
-    for path in paths:
-        if path.suffix in (".yaml", ".yml") and path.is_file():
+    for path in map(location, paths):
+        if isinstance(path, Path) and path.suffix in (".yaml", ".yml") and path.is_file():
             sweep = load_sweep(path)
-            store = Path(sweep.output_dir) / sweep.name
+            store = location(sweep.output_dir) / sweep.name
             if not any((store / name).is_file() for name in RESULT_FILES):
                 raise UserError(f"{path}: its run store {store} holds no results yet; run `scaling run {path}` first")
             path = store
@@ -162,9 +164,9 @@ def _check_budgets_have_runs(flops, options) -> None:
                         f"{', '.join(f'{c:.3g}' for c in present)}")
 
 
-def _default_out(args, leaf: str) -> Path:
+def _default_out(args, leaf: str):
     if args.out is not None:
-        return args.out
+        return location(args.out)
     return (args.sweep_dirs[0] / leaf) if args.sweep_dirs else Path(leaf)
 
 

@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 
 from analysis.errors import FitError
 from analysis.isoflop import fit_budget
-from analysis.plots import FORMATS, STYLE
+from analysis.plots import FORMATS, STYLE, save_figure
 
 X, Y = "tokens_per_second", "gen_ppl"
 FIGURE_SIZE_IN = (6.0, 3.4)  # the legend sits right of the axes
@@ -170,13 +170,9 @@ def _shade_ranges(ax, ranges: pd.DataFrame, colors, group: str) -> None:
 
 def write_pareto_figure(table: pd.DataFrame, out_dir: Path, formats=FORMATS, name: str = "pareto",
                         group: str = "family") -> list[Path]:
-    """pareto.png/.pdf/.svg in out_dir; returns their paths."""
-    out_dir = Path(out_dir)
+    """pareto.png/.pdf/.svg in out_dir (a folder or a URL); returns their paths."""
+    from scaling.storage import location
+
+    out_dir = location(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig = plot_pareto(table, group=group)
-    paths = []
-    for ext in formats:
-        path = out_dir / f"{name}.{ext}"
-        fig.savefig(path)
-        paths.append(path)
-    return paths
+    return save_figure(plot_pareto(table, group=group), out_dir, name, formats)

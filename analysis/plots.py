@@ -13,6 +13,7 @@ no GUI backend is ever touched.
 
 from __future__ import annotations
 
+import io
 import textwrap
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,7 +58,7 @@ def group_colors(groups) -> dict[str, tuple]:
     return {g.label: cmap(i % 10) for i, g in enumerate(groups)}
 
 
-def _save(fig: Figure, out_dir: Path, name: str, formats) -> list[Path]:
+def save_figure(fig: Figure, out_dir: Path, name: str, formats) -> list[Path]:
     # Lay out once and freeze it: constrained layout otherwise reruns on every savefig, which
     # doubled the time to write three formats.
     fig.get_layout_engine().execute(fig)
@@ -65,7 +66,12 @@ def _save(fig: Figure, out_dir: Path, name: str, formats) -> list[Path]:
     paths = []
     for ext in formats:
         path = out_dir / f"{name}.{ext}"
-        fig.savefig(path)
+        if isinstance(path, Path):
+            fig.savefig(path)
+        else:  # a run store at a URL (scaling/storage.py): one put per file
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format=ext)
+            path.write_bytes(buffer.getvalue())
         paths.append(path)
     return paths
 
@@ -210,18 +216,20 @@ def plot_parametric_residuals(groups: list[GroupResult], colors) -> Figure:
 
 
 def make_figures(result: SweepResult, out_dir, formats=FORMATS) -> list[Path]:
-    """Every figure of a fitted sweep into out_dir; returns the written paths."""
-    out_dir = Path(out_dir)
+    """Every figure of a fitted sweep into out_dir (a folder or a URL); returns the written paths."""
+    from scaling.storage import location
+
+    out_dir = location(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     groups = list(result.groups)
     colors = group_colors(groups)
     paths = []
     with _style():
-        paths += _save(plot_isoflop_curves(groups), out_dir, "isoflop_curves", formats)
+        paths += save_figure(plot_isoflop_curves(groups), out_dir, "isoflop_curves", formats)
         if any(g.isoflop for g in groups):
-            paths += _save(plot_frontiers(groups, colors), out_dir, "frontier_params_tokens", formats)
-            paths += _save(plot_loss_frontier(groups, colors), out_dir, "loss_frontier", formats)
-            paths += _save(plot_tokens_per_param(groups, colors), out_dir, "tokens_per_param", formats)
+            paths += save_figure(plot_frontiers(groups, colors), out_dir, "frontier_params_tokens", formats)
+            paths += save_figure(plot_loss_frontier(groups, colors), out_dir, "loss_frontier", formats)
+            paths += save_figure(plot_tokens_per_param(groups, colors), out_dir, "tokens_per_param", formats)
         if any(g.parametric for g in groups):
-            paths += _save(plot_parametric_residuals(groups, colors), out_dir, "parametric_residuals", formats)
+            paths += save_figure(plot_parametric_residuals(groups, colors), out_dir, "parametric_residuals", formats)
     return paths

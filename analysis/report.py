@@ -160,8 +160,10 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 def write_tables(result: SweepResult, out_dir: Path, at=()) -> list[Path]:
     """fits, optima, multipliers (and predictions at the computes `at`) as CSV and Markdown under
-    out_dir, plus fits.json; returns the paths."""
-    out_dir = Path(out_dir)
+    out_dir (a folder, or a run store's URL: scaling/storage.py), plus fits.json; returns the paths."""
+    from scaling.storage import location
+
+    out_dir = location(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     tables = {"fits": fits_table(result), "optima": optima_table(result), "multipliers": multipliers_table(result)}
@@ -171,7 +173,7 @@ def write_tables(result: SweepResult, out_dir: Path, at=()) -> list[Path]:
         for stale in (out_dir / "predictions.csv", out_dir / "predictions.md"):
             stale.unlink(missing_ok=True)
     for name, table in tables.items():
-        table.to_csv(out_dir / f"{name}.csv", index=False)
+        (out_dir / f"{name}.csv").write_text(table.to_csv(index=False))
         (out_dir / f"{name}.md").write_text(to_markdown(table))
         paths += [out_dir / f"{name}.csv", out_dir / f"{name}.md"]
     (out_dir / "fits.json").write_text(json.dumps(json_records(result, at), indent=1))

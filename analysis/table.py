@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from scaling.errors import UserError
+from scaling.storage import location
 
 CANONICAL = ("family", "flops", "n_params", "tokens", "loss")
 RESULT_FILES = ("results.parquet", "results.csv")  # what `scaling run` writes in a run store, read in this order
@@ -55,8 +56,9 @@ def parse_columns(spec: str | None) -> dict[str, str]:
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """A parquet or CSV file, or a sweep directory's results.parquet / results.csv."""
-    path = Path(path)
+    """A parquet or CSV file, or a sweep directory's results.parquet / results.csv, local or at a
+    URL (scaling/storage.py)."""
+    path = location(path)
     if path.is_dir():
         for name in RESULT_FILES:
             if (path / name).is_file():
@@ -68,7 +70,8 @@ def read_table(path: Path) -> pd.DataFrame:
         raise UserError(f"{path}: a sweep file, not a results table; pass the sweep's output "
                         "directory (<output_dir>/<name>, e.g. outputs/demo) or its results.parquet")
     try:
-        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        source = path if isinstance(path, Path) else io.BytesIO(path.read_bytes())
+        return pd.read_parquet(source) if path.suffix == ".parquet" else pd.read_csv(source)
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise UserError(f"{path}: cannot read the table ({type(exc).__name__}: {exc})") from exc
 
@@ -110,7 +113,7 @@ def load_runs(sweep_dirs=(), csv_path=None, columns: dict[str, str] | None = Non
     columns = dict(columns or {})
     frames, notes = [], []
     for sweep in sweep_dirs:
-        raw, left_out = finished_runs(read_table(Path(sweep)))
+        raw, left_out = finished_runs(read_table(sweep))
         if left_out:
             notes.append(f"{sweep}: left out {left_out} runs whose status is not finished")
         mapping = {k: v for k, v in SWEEP_COLUMNS.items() if v in raw.columns} | columns

@@ -16,10 +16,24 @@ class UserError(Exception):
         super().__init__(" ".join(str(message).split()))  # always a single line
 
 
-def writable_folder(path: str | Path, chosen_by: str) -> Path:
+def writable_folder(path, chosen_by: str):
     """Create `path` (and its parents) now, before any work whose results would go there; a folder
-    that cannot be made is a UserError naming the flag or YAML key that chose it."""
-    path = Path(path)
+    that cannot be made is a UserError naming the flag or YAML key that chose it. A URL
+    (scaling/storage.py) is checked by writing and removing a small probe object there."""
+    from scaling.storage import location
+
+    path = location(path)
+    if hasattr(path, "fs"):
+        probe = path / ".write-probe"
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe.write_text("")
+            probe.unlink(missing_ok=True)
+        except UserError:
+            raise
+        except Exception as err:  # noqa: BLE001 - object stores raise their own kinds (credentials, ...)
+            raise unwritable(path, chosen_by, err) from None
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -27,6 +41,8 @@ def writable_folder(path: str | Path, chosen_by: str) -> Path:
     return path
 
 
-def unwritable(path: str | Path, chosen_by: str, err: OSError) -> UserError:
+def unwritable(path, chosen_by: str, err: Exception) -> UserError:
     """The one line for a folder the user chose that cannot be written."""
-    return UserError(f"{chosen_by} {path}: cannot write there ({err.strerror}); choose a writable folder")
+    reason = getattr(err, "strerror", None) or f"{type(err).__name__}: {err}"
+    return UserError(f"{chosen_by} {path}: cannot write there ({reason}); choose a writable folder"
+                     + (" or check the store's credentials" if "://" in str(path) else ""))

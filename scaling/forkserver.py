@@ -21,6 +21,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from scaling.staging import scratch_dir
+
 ATTEMPT_FILE = "attempt.json"  # the child's own account of how it ended
 # Imported by the zygote so children start with them loaded; none of these starts threads or
 # touches a device at import time.
@@ -67,7 +69,7 @@ def _preload() -> None:
 
 def _child(request: dict) -> None:
     """Runs in the forked child: train, record how it ended, never return."""
-    run_dir = Path(request["run_dir"])
+    run_dir = scratch_dir(request["run_dir"])  # the run directory, or its scratch for a URL store
     code = 1
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -78,7 +80,7 @@ def _child(request: dict) -> None:
         sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
         from scaling.worker import execute_run
 
-        summary = execute_run(request["spec_json"], str(run_dir), request.get("cache_root"))
+        summary = execute_run(request["spec_json"], request["run_dir"], request.get("cache_root"))
         record, code = {"summary": summary}, 0
     except BaseException as exc:  # noqa: BLE001 - everything must be reported, then exit
         line = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
@@ -115,7 +117,7 @@ def serve() -> None:
     protocol.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
     for line in sys.stdin:
         request = json.loads(line)
-        run_dir = Path(request["run_dir"])
+        run_dir = scratch_dir(request["run_dir"])
         (run_dir / ATTEMPT_FILE).unlink(missing_ok=True)
         pid = os.fork()
         if pid == 0:

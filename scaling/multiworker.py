@@ -16,8 +16,9 @@ two errors a single-worker run raises (scaling/forkserver.py), so the executor m
 
 Ray Train v2 (the default in Ray 2.60) needs a storage path, else it writes under ~/ray_results.
 It is `<run_dir>/ray_train`: the run directory already has to be on storage every node and the
-driver share (rank 0 writes result.json there, the driver reads it). Nothing is reported to Ray
-Train, so only its storage marker lands there; the folder is removed when the trainer returns.
+driver share (rank 0 writes result.json there, the driver reads it), a shared folder or a URL
+(reached through the same fsspec filesystem as the run store: scaling/storage.py). Nothing is
+reported to Ray Train, so only its storage marker lands there; it is removed when the trainer returns.
 """
 
 from __future__ import annotations
@@ -84,14 +85,14 @@ def _fit(spec_json: str, run_dir: str, cache_root: str | None) -> dict:
     per_worker = {"CPU": res.cpus_per_worker}
     if use_gpu:
         per_worker["GPU"] = res.gpus_per_worker
-    storage = Path(run_dir).resolve() / RAY_TRAIN_DIR
+    storage, cleanup = _ray_train_storage(run_dir)
     trainer = TorchTrainer(
         _train_loop_per_worker,
         train_loop_config={"spec_json": spec_json, "run_dir": run_dir, "cache_root": cache_root},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu,
                                      resources_per_worker=per_worker),
-        run_config=RunConfig(name=spec.run_id, storage_path=str(storage),
+        run_config=RunConfig(name=spec.run_id, **storage,
                              failure_config=FailureConfig(max_failures=0, controller_failure_limit=0)),
     )
     try:
@@ -99,8 +100,22 @@ def _fit(spec_json: str, run_dir: str, cache_root: str | None) -> dict:
     except TrainingFailedError as error:
         raise run_failure(error) from None
     finally:
-        shutil.rmtree(storage, ignore_errors=True)
+        cleanup()
     return {"run_id": spec.run_id, "workers": res.workers}
+
+
+def _ray_train_storage(run_dir: str):
+    """RunConfig's storage arguments for <run_dir>/ray_train, and how to remove it afterwards."""
+    from scaling.storage import RemotePath, is_url
+
+    if is_url(run_dir):
+        import pyarrow.fs
+
+        target = RemotePath(run_dir) / RAY_TRAIN_DIR
+        handler = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(target.fs))
+        return {"storage_path": target.path, "storage_filesystem": handler}, target.rmtree
+    local = Path(run_dir).resolve() / RAY_TRAIN_DIR
+    return {"storage_path": str(local)}, lambda: shutil.rmtree(local, ignore_errors=True)
 
 
 def submit_multiworker(ray, spec: RunSpec, run_dir: Path, cache_root: str | None):

@@ -38,8 +38,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_status)
 
 
-def _cache_root(sweep) -> Path:
-    return Path(sweep.data.cache_dir or Path(sweep.output_dir) / ".cache")
+def data_cache_root(sweep) -> Path:
+    """Prepared data: data.cache_dir, else <output_dir>/.cache, else (a run store at a URL) this
+    machine's cache, which each node of a cluster keeps for itself (scaling/staging.py)."""
+    from scaling.staging import default_data_cache
+    from scaling.storage import is_url
+
+    if sweep.data.cache_dir:
+        return Path(sweep.data.cache_dir)
+    return default_data_cache() if is_url(sweep.output_dir) else Path(sweep.output_dir) / ".cache"
+
+
+def workers_data_cache_root(sweep) -> Path | None:
+    """What the workers are told: None lets each node of a URL store pick its own local cache."""
+    from scaling.storage import is_url
+
+    return None if is_url(sweep.output_dir) and not sweep.data.cache_dir else data_cache_root(sweep)
 
 
 def print_decisions(decisions) -> None:
@@ -87,10 +101,10 @@ def run_run(args: argparse.Namespace) -> int:
             return 0
         from trainers.data import prepare_data  # tokenize once here, before any worker starts
 
-        writable_folder(_cache_root(sweep), f"{args.sweep}: data.cache_dir" if sweep.data.cache_dir
+        writable_folder(data_cache_root(sweep), f"{args.sweep}: data.cache_dir" if sweep.data.cache_dir
                         else f"{args.sweep}: output_dir")
         started = time.monotonic()
-        prepare_data(sweep.data, sweep.recipe.seq_len, _cache_root(sweep))
+        prepare_data(sweep.data, sweep.recipe.seq_len, data_cache_root(sweep))
         outcome = _run_on_ray(args, sweep, specs, store)
     wall = time.monotonic() - started
     print(f"[{sweep.name}] {len(outcome.succeeded)} trained, {len(outcome.skipped)} already done, "
@@ -110,7 +124,7 @@ def _run_on_ray(args, sweep, specs, store):
     from scaling.runner import run_sweep
 
     executor = RayExecutor(args.address, num_cpus=args.num_cpus, dashboard=args.dashboard,
-                           temp_dir=args.ray_temp_dir, cache_root=_cache_root(sweep),
+                           temp_dir=args.ray_temp_dir, cache_root=workers_data_cache_root(sweep),
                            max_concurrent=args.max_concurrent)
     progress = SweepProgress(sweep.name, live=False if args.no_progress else None)
     previous = _sigterm_as_interrupt()

@@ -181,7 +181,15 @@ class DataSpec(Strict):
     tokenizer_path: str | None = None  # a saved transformers/tokenizers tokenizer; else BPE trained here
     val_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
     split_seed: int = 0
-    cache_dir: str | None = None  # default: <output_dir>/.cache
+    cache_dir: str | None = None  # default: <output_dir>/.cache (this machine's cache for a URL store)
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _local_cache(cls, value: str | None) -> str | None:
+        if value is not None and "://" in value:
+            raise ValueError(f"must be a local folder (each node keeps its own prepared data), got "
+                             f"{value!r}; leave it out to use this machine's cache")
+        return value
 
 
 class EvalSpec(Strict):
@@ -229,7 +237,7 @@ class Sweep(Strict):
     """A whole iso-FLOP study: families x budgets x selected shapes."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
-    output_dir: str = "outputs"
+    output_dir: str = "outputs"  # a folder, or an fsspec URL such as s3://bucket/prefix (scaling/storage.py)
     families: list[FamilyChoice] = Field(min_length=1)
     budgets: list[Positive] = Field(min_length=1)  # training FLOPs per run
     ladder: Ladder
@@ -240,6 +248,20 @@ class Sweep(Strict):
     flops_convention: Literal["paper", "6n", "full"] = "paper"
     resources: Resources = Resources()
     max_retries: Annotated[int, Field(ge=0)] = 1
+
+    @field_validator("output_dir")
+    @classmethod
+    def _known_protocol(cls, value: str) -> str:
+        """A typo'd scheme fails here; a known one whose package is missing (s3fs) fails where the
+        store is used, so a sweep for a cluster can still be planned on a laptop without it."""
+        if "://" in value:
+            from fsspec.registry import known_implementations, registry
+
+            scheme = value.split("://", 1)[0]
+            if scheme not in known_implementations and scheme not in registry:
+                raise ValueError(f"unknown protocol {scheme!r} in {value!r}; use a folder or an "
+                                 "fsspec URL (s3://bucket/prefix, gs://..., file:///abs/path)")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> "Sweep":

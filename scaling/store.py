@@ -11,11 +11,16 @@
 
 result.json is the source of truth for "done": a run whose record exists is never retrained, even if
 its status was not updated because the driver died in between.
+
+output_dir may also be an fsspec URL (s3://bucket/prefix): the same layout, each record one put,
+the driver lock on the driver's machine, and runs trained in node-local scratch folders that are
+pushed to the store at each checkpoint and at the end (scaling/storage.py, scaling/staging.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import socket
@@ -27,18 +32,27 @@ from typing import Any, Iterable
 
 from scaling.errors import UserError, unwritable, writable_folder
 from scaling.runspec import RunSpec
+from scaling.storage import RemotePath, local_state_dir, location, url_key
 
 STATES = ("pending", "running", "succeeded", "failed", "interrupted")
 DRIVER_LOCK = ".driver.lock"
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path | RemotePath, text: str) -> None:
     """Write text so readers see the old file or the new one, never half of either."""
+    if isinstance(path, RemotePath):
+        path.write_text(text)  # one put (scaling/storage.py)
+        return
+    write_atomic_bytes(path, text.encode())
+
+
+def write_atomic_bytes(path: Path, data: bytes) -> None:
+    """write_atomic for bytes on a local filesystem: a temp file beside it, fsync, rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -67,8 +81,15 @@ class RunState:
 
 class RunStore:
     def __init__(self, output_dir: str | Path, sweep_name: str):
-        self.root = Path(output_dir) / sweep_name
+        self.root = location(output_dir) / sweep_name  # a Path, or a RemotePath for a URL
         self.runs_dir = self.root / "runs"
+
+    @property
+    def lock_file(self) -> Path:
+        """The driver lock: in the store when it is a local folder, else on this machine."""
+        if isinstance(self.root, RemotePath):
+            return local_state_dir() / "locks" / f"{url_key(str(self.root))}.lock"
+        return self.root / DRIVER_LOCK
 
     def run_dir(self, run_id: str) -> Path:
         return self.runs_dir / run_id
@@ -121,13 +142,15 @@ class RunStore:
         into the same folders, one resuming from checkpoints the other is still writing. The lock
         is an flock on <root>/.driver.lock: the kernel drops it when its process dies, kill -9
         included, so a rerun after a crash is never locked out. (flock is per machine: drivers
-        on two machines sharing the store over NFS are not excluded.)
+        on two machines sharing the store over NFS are not excluded, nor, for a store at a URL,
+        whose lock file is on this machine, drivers on two machines.)
         """
         import fcntl
 
         writable_folder(self.root, "output_dir")
+        lock_file = writable_folder(self.lock_file.parent, "output_dir") / self.lock_file.name
         try:
-            handle = open(self.root / DRIVER_LOCK, "a+")
+            handle = open(lock_file, "a+")
         except OSError as err:  # the folder exists but is not ours to write
             raise unwritable(self.root, "output_dir", err) from None
         with handle:
@@ -154,7 +177,7 @@ class RunStore:
         import fcntl
 
         try:
-            handle = open(self.root / DRIVER_LOCK)
+            handle = open(self.lock_file)
         except OSError:
             return None
         with handle:
@@ -175,9 +198,14 @@ class RunStore:
         frame = pd.DataFrame(rows).sort_values(["family", "flops_budget", "n_params"])
         parquet = self.root / "results.parquet"
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = parquet.with_suffix(".parquet.tmp")
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, parquet)
+        if isinstance(parquet, RemotePath):
+            buffer = io.BytesIO()
+            frame.to_parquet(buffer, index=False)
+            parquet.write_bytes(buffer.getvalue())
+        else:
+            tmp = parquet.with_suffix(".parquet.tmp")
+            frame.to_parquet(tmp, index=False)
+            os.replace(tmp, parquet)
         write_atomic(self.root / "results.csv", frame.to_csv(index=False))
         return parquet
 

@@ -26,12 +26,14 @@ def _injected_fault(run_id: str) -> str | None:
 
 
 def execute_run(spec_json: str, run_dir: str, cache_root: str | None = None) -> dict:
-    """Train one run in this process; its output goes to run_dir/worker.log. Raises on failure."""
+    """Train one run in this process; its output goes to run_dir/worker.log (for a run store at a
+    URL, to the node-local scratch folder: scaling/staging.py). Raises on failure."""
     dispatched = time.time()
     from scaling.runspec import RunSpec
+    from scaling.staging import scratch_dir
 
     spec = RunSpec.from_json(spec_json)
-    run_path = Path(run_dir)
+    run_path = scratch_dir(run_dir)
     run_path.mkdir(parents=True, exist_ok=True)
     rank = os.environ.get("RANK", "0")
     pid_file = "worker.pid" if rank == "0" else f"worker.{rank}.pid"  # one per rank under Ray Train
@@ -44,10 +46,10 @@ def execute_run(spec_json: str, run_dir: str, cache_root: str | None = None) -> 
         message = _injected_fault(spec.run_id)
         if message:
             raise RuntimeError(message)
-        from trainers.train import train_run
+        from scaling.staging import train_staged
 
-        result = train_run(spec, run_path, progress=False,
-                           cache_root=Path(cache_root) if cache_root else None)
+        result = train_staged(spec, run_dir, progress=False,
+                              cache_root=Path(cache_root) if cache_root else None)
     log.close()
     return {"run_id": spec.run_id, "pid": os.getpid(), "dispatched_at": dispatched,
             "val_loss": result.get("val_loss"), "wall_seconds": result.get("wall_seconds"),

@@ -33,7 +33,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-id", default=None, help="which run of the sweep to train (see `scaling plan`)")
     p.add_argument("--spec", default=None, help="a run's spec.json instead of sweep + --run-id")
     p.add_argument("--out", default=None,
-                   help="run directory (default: the spec file's folder, or "
+                   help="run directory, a folder or a URL (default: the spec file's folder, or "
                         "<output_dir>/<sweep>/runs/<run_id> for a sweep)")
     p.add_argument("--cache-dir", default=None,
                    help="prepared-data cache (default: data.cache_dir, else the sweep's "
@@ -46,6 +46,7 @@ def resolve_run(args: argparse.Namespace):
     """(RunSpec, run directory, cache root) from the arguments; UserError on bad arguments."""
     from scaling.errors import UserError
     from scaling.runspec import RunSpec
+    from scaling.storage import location
 
     if args.spec and (args.sweep or args.run_id):
         raise UserError("give either --spec SPEC.json or SWEEP.yaml --run-id ID, not both")
@@ -59,10 +60,11 @@ def resolve_run(args: argparse.Namespace):
             first = str(err).strip().splitlines()[0]
             raise UserError(f"--spec {args.spec}: not a valid run spec ({first})") from None
         cache = args.cache_dir or spec.data.cache_dir or _store_cache(path.resolve())
-        return spec, Path(args.out) if args.out else path.parent, Path(cache)
+        return spec, location(args.out) if args.out else path.parent, Path(cache)
     if not (args.sweep and args.run_id):
         raise UserError("give a sweep file and --run-id ID (ids: `scaling plan SWEEP.yaml`), "
                         "or --spec SPEC.json")
+    from scaling.run_cli import data_cache_root
     from scaling.store import RunStore
     from scaling.sweepfile import load_plan
 
@@ -73,9 +75,8 @@ def resolve_run(args: argparse.Namespace):
         hint = f"; did you mean {near[0]}?" if len(near) == 1 else "; list them with `scaling plan`"
         raise UserError(f"--run-id {args.run_id!r} is not a run of {args.sweep}{hint}")
     spec = matches[0]
-    out = Path(args.out) if args.out else RunStore(sweep.output_dir, sweep.name).run_dir(spec.run_id)
-    cache = args.cache_dir or sweep.data.cache_dir or Path(sweep.output_dir) / ".cache"
-    return spec, out, Path(cache)
+    out = location(args.out) if args.out else RunStore(sweep.output_dir, sweep.name).run_dir(spec.run_id)
+    return spec, out, Path(args.cache_dir) if args.cache_dir else data_cache_root(sweep)
 
 
 def _store_cache(spec_path: Path) -> Path:
@@ -89,11 +90,11 @@ def _store_cache(spec_path: Path) -> Path:
 
 def run_train_command(args: argparse.Namespace) -> int:
     from scaling.errors import UserError
-    from trainers.train import train_run
+    from scaling.staging import train_staged
 
     try:
-        spec, run_dir, cache = resolve_run(args)
-        result = train_run(spec, run_dir, progress=not args.no_progress, cache_root=cache)
+        spec, run_dir, cache = resolve_run(args)  # run_dir may be a URL: trained through scratch
+        result = train_staged(spec, run_dir, progress=not args.no_progress, cache_root=cache)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

@@ -31,10 +31,10 @@ import torch
 from scaling.errors import UserError
 from trainers.backbone import DiTConfig, DiTModel, forbid_token
 from trainers.families import build_family
+from trainers.records import MODEL_DIR
 from trainers.samplers import cache_modes, uses_steps
 from trainers.tokenizer import load_tokenizer, pretrained_fingerprint
 
-MODEL_DIR = "model"  # trainers/train.py: run_dir/model holds the weights and the tokenizer
 JUDGE_BATCH = 16  # sequences per judge forward
 COLUMNS = ("family", "family_name", "run_id", "n_steps", "use_cache", "tokens_per_second", "gen_ppl",
            "gen_ppl_log_se", "entropy_mean", "entropy_min", "n_samples", "seq_len", "seconds",

@@ -19,6 +19,7 @@ dominates each throughput range. torch is imported inside the command, so `scali
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
 from scaling.errors import UserError, writable_folder
@@ -77,7 +78,7 @@ def read_results(store):
     path = store.root / "results.parquet"
     if not path.is_file():
         raise UserError(f"{path}: no results table yet; run `scaling run SWEEP` first")
-    return pd.read_parquet(path)
+    return pd.read_parquet(path if isinstance(path, Path) else io.BytesIO(path.read_bytes()))
 
 
 def choose_runs(args, store, results) -> list[tuple[str, str]]:
@@ -98,14 +99,18 @@ def choose_runs(args, store, results) -> list[tuple[str, str]]:
 
 
 def default_judge_dir(store, results) -> Path:
+    from scaling.staging import fetch_run
+
     ar = results[(results["family_name"] == "ar") & results["val_loss"].notna()]
     if ar.empty:
         raise UserError("no trained AR run in the sweep to judge the samples with; pass --judge PATH "
                         "(a local transformers causal LM folder)")
-    return store.run_dir(ar.loc[ar["val_loss"].idxmin(), "run_id"])
+    return fetch_run(store.run_dir(ar.loc[ar["val_loss"].idxmin(), "run_id"]))
 
 
 def run_pareto(args: argparse.Namespace) -> int:
+    from scaling.staging import fetch_run
+    from scaling.storage import location
     from scaling.store import RunStore
     from scaling.sweepfile import load_sweep
 
@@ -125,7 +130,7 @@ def run_pareto(args: argparse.Namespace) -> int:
         raise UserError(f"--judge: no such folder {args.judge!r}; give a local transformers causal LM folder")
     chosen = choose_runs(args, store, results)
     judge_path = Path(args.judge) if args.judge is not None else default_judge_dir(store, results)
-    out = writable_folder(Path(args.out if args.out is not None else sweep.output_dir) / sweep.name,
+    out = writable_folder(location(args.out if args.out is not None else sweep.output_dir) / sweep.name,
                           "--out" if args.out is not None else "output_dir")  # before minutes of sampling
 
     import torch
@@ -144,16 +149,18 @@ def run_pareto(args: argparse.Namespace) -> int:
     runs = []
     for run_id, how in chosen:
         print(f"  {run_id}: {how}")
-        runs.append(pareto.load_run(store.run_dir(run_id), run_id, device))
+        runs.append(pareto.load_run(fetch_run(store.run_dir(run_id)), run_id, device))
     table, samples = pareto.measure_runs(runs, judge, steps, n_samples=args.n_samples, seq_len=seq_len,
                                          seed=args.seed, device=device, repeats=args.repeats)
-    table.to_parquet(out / "pareto.parquet", index=False)
+    buffer = io.BytesIO()  # out may be a URL (scaling/storage.py): each file written whole
+    table.to_parquet(buffer, index=False)
+    (out / "pareto.parquet").write_bytes(buffer.getvalue())
     (out / "samples.md").write_text(pareto.samples_markdown(runs, table, samples))
     # one curve per family; per run when --runs names several checkpoints of one family
     group = "family" if table.groupby("family")["run_id"].nunique().max() == 1 else "run_id"
     figures = write_pareto_figure(table, out, group=group)
     trends = step_trends(table, group=group)
-    trends.to_csv(out / "pareto_trends.csv", index=False)
+    (out / "pareto_trends.csv").write_text(trends.to_csv(index=False))
     print_summary(table, dominance_ranges(table, group=group), group)
     print_trends(trends, group)
     for path in [out / "pareto.parquet", out / "pareto_trends.csv", *figures, out / "samples.md"]:

@@ -23,6 +23,9 @@ from typing import Any, Iterable
 
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.jsonl"
+SPEC_FILE = "spec.json"  # as scaling/store.py writes it
+MODEL_DIR = "model"  # save_pretrained weights and the tokenizer
+CHECKPOINT_DIR = "checkpoints"  # trainers/checkpoint.py
 SCHEMA_VERSION = 1
 LIBRARIES = ("torch", "deepspeed", "transformers", "datasets", "ray", "tokenizers")
 PACKAGE = "isoflop-diffusion"  # pyproject's project name

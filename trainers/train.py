@@ -29,19 +29,16 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import ValidationError
 
 from scaling.errors import UserError
 from scaling.runspec import RunSpec
 from trainers.families.registry import get_entry
-from trainers.records import (METRICS_FILE, RESULT_FILE, MetricsLog, atomic_write_json,
-                              atomic_write_text, build_result)
+from trainers.records import (CHECKPOINT_DIR, METRICS_FILE, MODEL_DIR, RESULT_FILE, SPEC_FILE,
+                              MetricsLog, atomic_write_json, atomic_write_text, build_result)
 
-SPEC_FILE = "spec.json"
-MODEL_DIR = "model"
-CHECKPOINT_DIR = "checkpoints"
 DEFAULT_CACHE = Path("outputs") / ".cache"  # the default sweep's <output_dir>/.cache
 
 
@@ -97,14 +94,19 @@ def _check_existing(run_dir: Path, spec: RunSpec) -> dict | None:
 
 
 def train_run(spec: RunSpec, run_dir: Path, *, progress: bool = True,
-              cache_root: Path | None = None) -> dict:
-    """Train `spec` into `run_dir` (resuming from its newest checkpoint) and return the result record."""
+              cache_root: Path | None = None,
+              on_checkpoint: Callable[[int, bool], None] | None = None) -> dict:
+    """Train `spec` into `run_dir` (resuming from its newest checkpoint) and return the result record.
+
+    on_checkpoint(step, is_main) runs on every rank after each checkpoint is saved (a run store at
+    a URL pushes it there: scaling/staging.py)."""
     setup = SetupTimes(process_start_time(), time.time())
     run_dir = Path(run_dir)
     existing = _check_existing(run_dir, spec)
     if existing is not None:
         return existing
     ctx = _prepare(spec, run_dir, setup, Path(cache_root or DEFAULT_CACHE))
+    ctx.on_checkpoint = on_checkpoint
     family, model = _build_model(ctx)
     engine, optimizer = _build_engine(ctx, model)
     state = _resume(ctx, engine)
@@ -127,6 +129,7 @@ class _Context:
     val_blocks: Any  # LongTensor[n, L]
     val_n_bytes: int
     deepspeed: Any = None
+    on_checkpoint: Callable[[int, bool], None] | None = None
 
     @property
     def ckpt_root(self) -> Path:
@@ -252,6 +255,8 @@ def _train(ctx: _Context, engine, optimizer, family, state, progress: bool):
         save_checkpoint(engine, ctx.ckpt_root, loop_state.step,
                         {**loop_state.to_client_state(), "config_hash": spec.config_hash},
                         is_main=proc.is_main)
+        if ctx.on_checkpoint is not None:
+            ctx.on_checkpoint(loop_state.step, proc.is_main)
         ctx.setup.checkpoint_s += time.perf_counter() - started
 
     def on_log(step: int, loss: float, lr: float) -> None:

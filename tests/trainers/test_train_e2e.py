@@ -211,16 +211,21 @@ def test_killed_run_resumes_exactly(cache, tmp_path):
 # ---------------------------------------------------------------- the batch split is exact
 
 
-def train_two_workers(spec: RunSpec, out: Path, cache: Path) -> None:
-    """Two training processes (torchrun, gloo) of one run."""
+def two_workers_command(spec: RunSpec, spec_path: Path, out: Path | str, cache: Path) -> list[str]:
+    """Two training processes (torchrun, gloo) of one run, into a folder or a URL."""
     from trainers.dist import find_free_port
 
-    spec_path = out.parent / f"{out.name}.spec.json"
     spec_path.write_text(spec.to_json())
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(find_free_port()), "-m", "trainers.train", "--spec", str(spec_path), "--out", str(out),
-           "--cache-dir", str(cache), "--no-progress"]
-    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+            str(find_free_port()), "-m", "trainers.train", "--spec", str(spec_path), "--out", str(out),
+            "--cache-dir", str(cache), "--no-progress"]
+
+
+def train_two_workers(spec: RunSpec, out: Path, cache: Path, *, spec_path: Path | None = None,
+                      env: dict | None = None) -> None:
+    cmd = two_workers_command(spec, spec_path or out.parent / f"{out.name}.spec.json", out, cache)
+    proc = subprocess.run(cmd, cwd=REPO, env=env or ENV, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -257,6 +262,48 @@ def test_zero3_two_workers_with_the_fused_head_equal_one_plain_worker(cache, tmp
     assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
     assert [r["loss"] for r in metrics(tmp_path / "workers")] == pytest.approx(
         [r["loss"] for r in metrics(tmp_path / "single")], rel=1e-5)
+
+
+@pytest.mark.slow  # two training processes, three times: ~60 s on a 2-core machine
+def test_two_workers_resume_from_a_url_store_on_fresh_scratch(cache, tmp_path):
+    """A run store at a URL (scaling/staging.py): two workers, each in a scratch folder of its own,
+    push the checkpoint files they wrote; killed after a checkpoint reached the store and rerun on
+    empty scratch (as on other nodes), they resume from the store and end where an uninterrupted
+    local two-worker run ends."""
+    import shutil
+
+    import psutil
+
+    spec = make_spec("mdlm", steps=400, recipe={"checkpoint_every_steps": 50})  # ~4 s to kill it in
+    train_two_workers(spec, tmp_path / "local", cache)
+    store, scratch = tmp_path / "store", tmp_path / "scratch"
+    env, spec_path = {**ENV, "SCALING_SCRATCH_DIR": str(scratch)}, tmp_path / "url.spec.json"
+    cmd = two_workers_command(spec, spec_path, f"file://{store}", cache)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not (store / "checkpoints" / "latest.json").exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    tree = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+    for member in tree:  # both workers (torchrun gives them sessions of their own), then torchrun
+        member.kill()
+    psutil.wait_procs(tree, timeout=30)
+    proc.communicate()
+    assert not (store / "result.json").exists(), "the run finished before it could be killed"
+    assert len(list(scratch.iterdir())) == 2  # one scratch folder per rank
+    shutil.rmtree(scratch)
+
+    rerun = subprocess.run(two_workers_command(spec, spec_path, f"file://{store}", cache), cwd=REPO,
+                           env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    a, b = (json.loads((d / "result.json").read_text()) for d in (tmp_path / "local", store))
+    print(f"\ntwo workers, URL store: killed + resumed val_loss {b['val_loss']!r} (from step "
+          f"{b['resumed_from_step']}), local uninterrupted {a['val_loss']!r}")
+    assert b["world_size"] == 2 and b["resumed_from_step"] > 0
+    assert abs(a["val_loss"] - b["val_loss"]) <= 1e-4
+    assert (store / "model" / "model.safetensors").is_file() and not (store / "checkpoints").exists()
 
 
 # ---------------------------------------------------------------- divergence

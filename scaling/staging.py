@@ -1,0 +1,160 @@
+"""A run whose run store is at a URL trains in a node-local scratch folder (scaling/storage.py).
+
+DeepSpeed checkpoints, save_pretrained and the loss curve write to local files, and a run must
+resume on whichever node Ray gives its next attempt, so the store is kept up to date at the three
+moments that matter:
+
+    pull             before training: the store's spec.json, metrics.jsonl and result.json, and its
+                     newest complete checkpoint, replace whatever scratch held;
+    push_checkpoint  after each checkpoint: the checkpoint's files, then the loss curve, then
+                     checkpoints/latest.json, so the store's pointer only ever names a checkpoint
+                     whose files are all there (a kill mid-push resumes from the previous one);
+    push_final       after training: model/, metrics.jsonl, spec.json and the worker logs, then
+                     result.json last (present = finished, as in a local store), then the store's
+                     checkpoints are removed.
+
+Multi-worker runs (scaling/multiworker.py): each rank has a scratch folder of its own (ranks on
+one node, or two Ray nodes on one machine, never share one), pushes the checkpoint files it wrote
+and pulls the whole checkpoint; a barrier separates the pushes from the pointer, which global rank
+0 alone writes (latest.json, result.json). A local run directory skips all of this: the trainer
+writes in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from scaling.storage import RemotePath, is_url, local_state_dir, url_key
+from trainers.checkpoint import KEEP, LATEST, checkpoint_tag
+from trainers.records import CHECKPOINT_DIR, METRICS_FILE, MODEL_DIR, RESULT_FILE, SPEC_FILE
+
+SCRATCH_ENV = "SCALING_SCRATCH_DIR"  # where runs of URL stores train on this node
+
+
+def scratch_dir(run_dir: str | Path) -> Path:
+    """The folder a run trains in on this node: run_dir itself when local, else a scratch folder
+    named after the run (and a hash of its URL, so two stores never share one) and, past rank 0,
+    the rank."""
+    if not is_url(run_dir):
+        return Path(run_dir)
+    root = Path(os.environ.get(SCRATCH_ENV) or local_state_dir() / "scratch")
+    url, rank = str(run_dir).rstrip("/"), _rank()
+    return root / (f"{url.rsplit('/', 1)[-1]}-{url_key(url)}" + (f"-rank{rank}" if rank else ""))
+
+
+def default_data_cache() -> Path:
+    """The prepared-data cache of a sweep whose store is at a URL: local to each node."""
+    return local_state_dir() / "data"
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))  # set by Ray Train for multi-worker runs
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _clear(local: Path, names) -> None:
+    for name in names:
+        stale = local / name
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
+def pull(remote: RemotePath, local: Path) -> None:
+    """Make scratch hold what the store holds for this run (see the module docstring)."""
+    local.mkdir(parents=True, exist_ok=True)
+    _clear(local, (MODEL_DIR, CHECKPOINT_DIR, RESULT_FILE, METRICS_FILE))
+    for name in (SPEC_FILE, RESULT_FILE, METRICS_FILE):
+        if (remote / name).exists():
+            (remote / name).download(local / name)
+    pointer = remote / CHECKPOINT_DIR / LATEST
+    if (local / RESULT_FILE).exists() or not pointer.exists():
+        return
+    tag = json.loads(pointer.read_text())["tag"]
+    (remote / CHECKPOINT_DIR / tag).download(local / CHECKPOINT_DIR / tag)
+    pointer.download(local / CHECKPOINT_DIR / LATEST)
+
+
+def push_checkpoint(remote: RemotePath, local: Path, step: int, is_main: bool) -> None:
+    """After every rank saved checkpoint `step` locally: its files, the loss curve, the pointer."""
+    tag = checkpoint_tag(step)
+    (remote / CHECKPOINT_DIR / tag).upload(local / CHECKPOINT_DIR / tag)  # the files this rank wrote
+    _barrier()  # every rank's files are in the store
+    if not is_main:
+        return
+    if (local / METRICS_FILE).exists():
+        (remote / METRICS_FILE).upload(local / METRICS_FILE)
+    (remote / CHECKPOINT_DIR / LATEST).write_text(json.dumps({"tag": tag, "step": step}))
+    tags = sorted(p.name for p in (remote / CHECKPOINT_DIR).iterdir()
+                  if p.is_dir() and p.name.startswith("step"))
+    for old in tags[:-KEEP]:
+        (remote / CHECKPOINT_DIR / old).rmtree()
+
+
+def push_final(remote: RemotePath, local: Path, rank: int) -> None:
+    """After training: the run's files, result.json last, then no checkpoints in the store."""
+    if rank != 0:  # its log; rank 0 writes everything else
+        push_logs(remote, local)
+    else:
+        for name in (MODEL_DIR, METRICS_FILE, SPEC_FILE):
+            if (local / name).exists():
+                (remote / name).upload(local / name)
+        for log in sorted(local.glob("worker*.log")):
+            (remote / log.name).upload(log)
+        (remote / RESULT_FILE).write_bytes((local / RESULT_FILE).read_bytes())
+        (remote / CHECKPOINT_DIR).rmtree()
+    _clear(local, (MODEL_DIR, CHECKPOINT_DIR, METRICS_FILE, SPEC_FILE, RESULT_FILE))  # scratch keeps the logs
+
+
+def fetch_run(run_dir) -> Path:
+    """A finished run's folder on this machine, to load its model from (scaling pareto): run_dir
+    itself when local; for a URL store its model/, spec.json and result.json, downloaded once into
+    this machine's cache (a finished run never changes: its result.json is written last)."""
+    if not is_url(run_dir):
+        return Path(run_dir)
+    remote = RemotePath(str(run_dir))
+    local = local_state_dir() / "runs" / f"{remote.name}-{url_key(str(remote))}"
+    if not (local / RESULT_FILE).exists():
+        shutil.rmtree(local, ignore_errors=True)
+        for name in (MODEL_DIR, SPEC_FILE, RESULT_FILE):  # the record last: present = complete
+            if (remote / name).exists():
+                (remote / name).download(local / name)
+    return local
+
+
+def train_staged(spec, run_dir: str | Path, *, progress: bool, cache_root: Path | None) -> dict:
+    """trainers.train.train_run for a run directory that may be a URL (then through scratch)."""
+    from trainers.train import train_run
+
+    if not is_url(run_dir):
+        return train_run(spec, Path(run_dir), progress=progress, cache_root=cache_root)
+    remote, local = RemotePath(str(run_dir)), scratch_dir(run_dir)
+    pull(remote, local)
+    try:
+        result = train_run(spec, local, progress=progress, cache_root=cache_root or default_data_cache(),
+                           on_checkpoint=lambda step, is_main: push_checkpoint(remote, local, step, is_main))
+    except BaseException:
+        push_logs(remote, local)  # the failed attempt's log beside its status.json, as locally
+        raise
+    push_final(remote, local, _rank())
+    return result
+
+
+def push_logs(remote: RemotePath, local: Path) -> None:
+    """Best effort (a store that cannot be reached must not hide the run's own error)."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        for log in local.glob(f"worker{'.' + str(_rank()) if _rank() else ''}.log"):
+            (remote / log.name).upload(log)
+    except Exception:  # noqa: BLE001 - see the docstring
+        pass

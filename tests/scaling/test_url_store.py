@@ -1,0 +1,293 @@
+"""A run store at an fsspec URL (scaling/storage.py, scaling/staging.py).
+
+The pure logic runs on fsspec's in-memory filesystem and on file:// URLs (the local filesystem
+through fsspec's code path); the end-to-end test runs the smoke sweep with the real Ray and the
+real DeepSpeed into a file:// store, kills a worker, and checks that its retry resumed from the
+checkpoint in the store, that the result equals a run trained into a local folder, and that the
+rerun, `scaling status` and `scaling fit` work on the URL.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from scaling.errors import UserError
+from scaling.storage import RemotePath, is_url, location
+from scaling.store import RunStore
+from tests.scaling.test_runner_ray import REPO, SCALING, finish, wait_for
+
+
+@pytest.fixture
+def memory_root():
+    root = f"memory://isoflop-test-{uuid.uuid4().hex[:8]}"  # the memory filesystem is process-wide
+    yield root
+    location(root).rmtree()
+
+
+def _record(run_id: str, val_loss: float) -> dict:
+    spec = {"label": "ar", "family": "ar", "flops_budget": 1e10, "options": {},
+            "shape": {"n_layers": 2, "d_model": 16, "n_heads": 2}}
+    return {"run_id": run_id, "spec": spec, "val_loss": val_loss, "n_params": 1000, "n_tokens": 10_000}
+
+
+def test_locations_keep_local_paths_local():
+    assert location("outputs") == Path("outputs") and not is_url("outputs")
+    assert not is_url("C:/data")  # a Windows drive is not a scheme
+    assert str(location("file:///tmp/x/")) == "file:///tmp/x"
+    assert str(location("memory://b/p") / "runs" / "r1") == "memory:///b/p/runs/r1"
+
+
+def test_a_store_at_a_url_keeps_the_run_store_contract(memory_root):
+    store = RunStore(memory_root, "demo")
+    assert isinstance(store.root, RemotePath) and store.known_run_ids() == []
+    store.write_status("r1", "running", attempts=1)
+    store.write_status("r2", "failed", attempts=2, error="boom")
+    assert store.read_status("r1")["state"] == "running" and store.known_run_ids() == ["r1", "r2"]
+    assert not store.has_checkpoint("r1")
+    (store.run_dir("r1") / "checkpoints" / "step00000010" / "shard.pt").write_bytes(b"x")
+    assert store.state("r1").has_checkpoint
+    # the record decides "done", whatever the status says (the driver may have died in between)
+    (store.run_dir("r1") / "result.json").write_text(json.dumps(_record("r1", 3.5)))
+    assert store.state("r1").state == "succeeded" and store.state("r2").state == "failed"
+    # each record is written whole: no temporary objects beside it
+    assert sorted(p.name for p in store.run_dir("r1").iterdir()) == ["checkpoints", "result.json", "status.json"]
+
+    class Spec:  # rebuild_results needs only run ids
+        def __init__(self, run_id):
+            self.run_id = run_id
+
+    parquet = store.rebuild_results([Spec("r1"), Spec("r2")])
+    assert str(parquet) == f"{store.root}/results.parquet"
+    from analysis.table import read_table
+
+    table = read_table(str(store.root))
+    assert list(table["run_id"]) == ["r1"] and table["val_loss"].iloc[0] == 3.5
+
+
+def test_a_driver_lock_for_a_url_lives_on_this_machine(memory_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    store = RunStore(memory_root, "demo")
+    assert store.lock_file.is_relative_to(tmp_path / "xdg")
+    with store.driving():
+        assert store.driver().startswith(f"pid {os.getpid()} ")
+        with pytest.raises(UserError, match="another `scaling run` is driving this sweep"):
+            with RunStore(memory_root, "demo").driving():
+                pass
+    assert store.driver() is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("s3fs") is not None, reason="s3fs is installed here")
+def test_a_missing_backend_is_one_line_naming_the_package():
+    with pytest.raises(UserError, match=r"s3://bucket/studies: the s3:// protocol needs a package .*s3fs"):
+        RunStore("s3://bucket/studies", "demo")
+
+
+def test_an_unwritable_url_store_is_one_line(tmp_path):
+    from scaling.errors import writable_folder
+
+    (tmp_path / "a-file").write_text("")  # a folder cannot be made under a file, even by root
+    with pytest.raises(UserError, match=r"^output_dir file://.*/a-file/demo: cannot write there \("):
+        writable_folder(f"file://{tmp_path}/a-file/demo", "output_dir")
+
+
+# ---------------------------------------------------------------- scratch <-> store
+
+
+def _checkpoint(local: Path, step: int, files=("model.pt", "optim.pt")) -> None:
+    from trainers.checkpoint import checkpoint_tag
+
+    tag = local / "checkpoints" / checkpoint_tag(step)
+    tag.mkdir(parents=True)
+    for name in files:
+        (tag / name).write_text(f"{name} at {step}")
+    (local / "checkpoints" / "latest.json").write_text(json.dumps({"tag": tag.name, "step": step}))
+    with open(local / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps({"step": step}) + "\n")
+
+
+def test_checkpoints_go_to_the_store_pointer_last_and_come_back(tmp_path):
+    from scaling.staging import pull, push_checkpoint, push_final
+
+    remote, local = location(f"file://{tmp_path}/store/run"), tmp_path / "scratch"
+    for step in (10, 20, 30):
+        _checkpoint(local, step)
+        push_checkpoint(remote, local, step, is_main=True)
+    tags = sorted(p.name for p in (remote / "checkpoints").iterdir() if p.is_dir())
+    assert tags == ["step00000020", "step00000030"]  # the newest two, as trainers/checkpoint.py keeps
+    assert json.loads((remote / "checkpoints" / "latest.json").read_text())["step"] == 30
+    assert len((remote / "metrics.jsonl").read_text().splitlines()) == 3
+
+    elsewhere = tmp_path / "other-node"  # a retry on another node, with stale files of its own
+    _checkpoint(elsewhere, 40, files=("stale.pt",))
+    pull(remote, elsewhere)
+    assert sorted(p.name for p in (elsewhere / "checkpoints").iterdir()) == ["latest.json", "step00000030"]
+    assert (elsewhere / "checkpoints" / "step00000030" / "optim.pt").read_text() == "optim.pt at 30"
+
+    for name, text in (("result.json", '{"val_loss": 1.0}'), ("worker.log", "log"), ("spec.json", "{}")):
+        (local / name).write_text(text)
+    (local / "model").mkdir()
+    (local / "model" / "model.safetensors").write_text("weights")
+    push_final(remote, local, rank=0)
+    assert not (remote / "checkpoints").exists()
+    assert (remote / "model" / "model.safetensors").read_text() == "weights"
+    assert json.loads((remote / "result.json").read_text()) == {"val_loss": 1.0}
+    assert sorted(p.name for p in local.iterdir()) == ["worker.log"]  # scratch keeps the log only
+    pull(remote, elsewhere)  # a finished run: its record, no checkpoint
+    assert (elsewhere / "result.json").exists() and not (elsewhere / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------- end to end, real Ray + DeepSpeed
+
+
+@pytest.fixture
+def url_sweep(tmp_path):
+    """The smoke sweep cut to one budget (6 runs) with its run store at a file:// URL, checkpoints
+    every 10 steps, and this test's own scratch, locks and data cache (XDG_CACHE_HOME)."""
+    import shutil
+    import tempfile
+
+    from tests.scaling.raysession import kill_all, ray_processes
+
+    raw = yaml.safe_load((REPO / "sweeps" / "smoke.yaml").read_text())
+    raw["budgets"] = [6e9]
+    raw["output_dir"] = f"file://{tmp_path}/store"
+    raw["recipe"]["checkpoint_every_steps"] = 10
+    path = tmp_path / "smoke-url.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg"), "SCALING_SCRATCH_DIR": str(tmp_path / "scratch")}
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths are limited
+    yield path, tmp_path / "store" / "smoke", tmp_path / "scratch", env, ray_tmp
+    leftovers = ray_processes(ray_tmp)
+    kill_all(leftovers)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert not leftovers, f"Ray processes left behind: {[p.pid for p in leftovers]}"
+
+
+def _scaling(*args, env, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([SCALING, *map(str, args)], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, **env}, timeout=timeout)
+
+
+def _training_with_checkpoint_in_store(root: Path, scratch: Path):
+    """(run_id, pid) of a run whose store holds a checkpoint pointer and no result yet."""
+    for pointer in root.glob("runs/*/checkpoints/latest.json"):
+        run_dir = pointer.parents[1]
+        pid_files = list(scratch.glob(f"{run_dir.name}-*/worker.pid"))
+        if pid_files and not (run_dir / "result.json").exists():
+            return run_dir.name, int(pid_files[0].read_text())
+    return None
+
+
+def test_a_sweep_into_a_url_store_resumes_from_the_store(url_sweep, tmp_path):
+    path, root, scratch, env, ray_tmp = url_sweep
+    proc = subprocess.Popen([SCALING, "run", str(path), "--no-progress", "--ray-temp-dir", ray_tmp],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env={**os.environ, **env})
+    run_id, pid = wait_for(lambda: _training_with_checkpoint_in_store(root, scratch))
+    os.kill(pid, signal.SIGKILL)
+    code, out, err = finish(proc)
+    assert code == 0, err
+    assert f"results: file://{root}/results.parquet" in out
+
+    records = {p.parent.name: json.loads(p.read_text()) for p in root.glob("runs/*/result.json")}
+    assert len(records) == 6 and len(pd.read_parquet(root / "results.parquet")) == 6
+    status = json.loads((root / "runs" / run_id / "status.json").read_text())
+    assert status["state"] == "succeeded" and status["attempts"] == 2
+    # the retry's pull replaced scratch with the store's newest checkpoint (scaling/staging.py)
+    assert records[run_id]["resumed_from_step"] > 0
+    for run_dir in root.glob("runs/*"):
+        assert (run_dir / "model" / "model.safetensors").is_file() and (run_dir / "worker.log").is_file()
+        assert not (run_dir / "checkpoints").exists()  # removed once the run finished
+    assert not list(scratch.glob("*/model")) and not list(scratch.glob("*/checkpoints"))
+    assert not (REPO / "file:").exists()  # no URL was taken for a relative local path
+
+    # the killed and resumed run equals the same spec trained uninterrupted into a local folder
+    local = tmp_path / "local-run"
+    trained = _scaling("train", "--spec", root / "runs" / run_id / "spec.json", "--out", local,
+                       "--cache-dir", tmp_path / "xdg" / "isoflop-diffusion" / "data", "--no-progress",
+                       env=env)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    uninterrupted = json.loads((local / "result.json").read_text())
+    print(f"\nURL store: killed + resumed val_loss {records[run_id]['val_loss']!r} (from step "
+          f"{records[run_id]['resumed_from_step']}), local uninterrupted {uninterrupted['val_loss']!r}")
+    assert abs(records[run_id]["val_loss"] - uninterrupted["val_loss"]) <= 1e-4
+
+    rerun = _scaling("run", path, "--no-progress", "--ray-temp-dir", ray_tmp, env=env)
+    assert rerun.returncode == 0 and "all 6 runs already succeeded" in rerun.stdout
+    status = _scaling("status", path, env=env)
+    assert status.returncode == 0 and "6 runs: succeeded 6" in status.stdout
+    fitted = _scaling("fit", path, "--bootstrap", "0", env=env)
+    assert f"to file://{root}/fits" in fitted.stdout, fitted.stderr
+    assert (root / "fits" / "fits.csv").is_file()
+
+
+# ---------------------------------------------------------------- S3, when its packages are installed
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch):
+    """A local S3 server (moto) on loopback with one bucket; fsspec reaches it through
+    FSSPEC_S3_ENDPOINT_URL, the setting a user gives for MinIO or any S3-compatible store.
+    Needs `pip install s3fs "moto[server]"`, which the project does not install (s3fs pins
+    python-dateutil below constraints.txt's): skipped without them."""
+    pytest.importorskip("s3fs")
+    server_module = pytest.importorskip("moto.server")
+    from trainers.dist import find_free_port
+
+    port = find_free_port()
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    import fsspec.config
+
+    fsspec.config.set_conf_env(fsspec.config.conf)  # this process read the environment at import
+    location("s3://isoflop-test").mkdir()
+    yield env
+    server.stop()
+
+
+def test_a_sweep_into_an_s3_store(s3_endpoint, tmp_path):
+    import tempfile
+
+    from tests.scaling.raysession import kill_all, ray_processes
+
+    raw = yaml.safe_load((REPO / "sweeps" / "smoke.yaml").read_text())
+    raw["budgets"], raw["families"] = [6e9], raw["families"][:1]  # AR, 3 runs
+    raw["output_dir"] = "s3://isoflop-test/studies"
+    path = tmp_path / "smoke-s3.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    env = {**s3_endpoint, "XDG_CACHE_HOME": str(tmp_path / "xdg"),
+           "SCALING_SCRATCH_DIR": str(tmp_path / "scratch")}
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    try:
+        first = _scaling("run", path, "--no-progress", "--ray-temp-dir", ray_tmp, env=env)
+        assert first.returncode == 0, first.stderr[-3000:]
+        rerun = _scaling("run", path, "--no-progress", "--ray-temp-dir", ray_tmp, env=env)
+        assert "all 3 runs already succeeded" in rerun.stdout, rerun.stderr[-3000:]
+    finally:
+        kill_all(ray_processes(ray_tmp))
+    store = location("s3://isoflop-test/studies/smoke")
+    runs = [p for p in (store / "runs").iterdir() if p.is_dir()]
+    assert len(runs) == 3
+    for run in runs:
+        assert (run / "result.json").is_file() and (run / "model" / "model.safetensors").is_file()
+        assert not (run / "checkpoints").exists()
+    from analysis.table import read_table
+
+    assert len(read_table("s3://isoflop-test/studies/smoke")) == 3
+    fitted = _scaling("fit", path, "--bootstrap", "0", env=env)
+    assert "to s3://isoflop-test/studies/smoke/fits" in fitted.stdout, fitted.stderr
