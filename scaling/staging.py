@@ -115,17 +115,25 @@ def push_final(remote: RemotePath, local: Path, rank: int) -> None:
 
 def fetch_run(run_dir) -> Path:
     """A finished run's folder on this machine, to load its model from (scaling pareto): run_dir
-    itself when local; for a URL store its model/, spec.json and result.json, downloaded once into
-    this machine's cache (a finished run never changes: its result.json is written last)."""
+    itself when local; for a URL store its model/, spec.json and result.json, downloaded into this
+    machine's cache unless the cached copy has the store's result.json (a run retrained since,
+    after its folder was deleted, has another record)."""
     if not is_url(run_dir):
         return Path(run_dir)
     remote = RemotePath(str(run_dir))
     local = local_state_dir() / "runs" / f"{remote.name}-{url_key(str(remote))}"
-    if not (local / RESULT_FILE).exists():
+    try:
+        record = (remote / RESULT_FILE).read_bytes()
+    except FileNotFoundError:
+        record = None  # not finished: pareto.load_run says so, as for a local run folder
+    cached = (local / RESULT_FILE).read_bytes() if (local / RESULT_FILE).is_file() else None
+    if record is None or cached != record:
         shutil.rmtree(local, ignore_errors=True)
-        for name in (MODEL_DIR, SPEC_FILE, RESULT_FILE):  # the record last: present = complete
+        for name in (MODEL_DIR, SPEC_FILE):
             if (remote / name).exists():
                 (remote / name).download(local / name)
+        if record is not None:  # the record last: present = the copy is complete
+            (local / RESULT_FILE).write_bytes(record)
     return local
 
 

@@ -147,6 +147,43 @@ def test_checkpoints_go_to_the_store_pointer_last_and_come_back(tmp_path):
     assert (elsewhere / "result.json").exists() and not (elsewhere / "checkpoints").exists()
 
 
+def test_a_finished_run_is_fetched_once_and_again_when_its_record_changes(tmp_path, monkeypatch):
+    from scaling.staging import fetch_run
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    remote = location(f"file://{tmp_path}/store/runs/r1")
+    (remote / "model" / "config.json").write_text("{}")
+    (remote / "result.json").write_text('{"val_loss": 1.0}')
+    local = fetch_run(remote)
+    assert local.is_relative_to(tmp_path / "xdg") and (local / "model" / "config.json").is_file()
+    (local / "model" / "marker").write_text("cached")
+    assert fetch_run(remote) == local and (local / "model" / "marker").exists()  # not fetched again
+    (remote / "result.json").write_text('{"val_loss": 0.5}')  # retrained since
+    assert not (fetch_run(remote) / "model" / "marker").exists()
+    assert json.loads((local / "result.json").read_text()) == {"val_loss": 0.5}
+    assert fetch_run(tmp_path / "plain") == tmp_path / "plain"  # a local run folder is used in place
+
+
+def test_a_failed_attempt_leaves_its_log_in_the_store(tmp_path, monkeypatch):
+    """The error and traceback go to status.json through the runner; the log goes beside it, as
+    in a local store (the trainer is replaced by one that fails, to test the staging alone)."""
+    import trainers.train
+    from scaling.staging import scratch_dir, train_staged
+
+    monkeypatch.setenv("SCALING_SCRATCH_DIR", str(tmp_path / "scratch"))
+    url = f"file://{tmp_path}/store/runs/r1"
+
+    def failing_run(spec, run_dir, **kwargs):
+        (run_dir / "worker.log").write_text("step 10: loss nan\n")
+        raise RuntimeError("loss became nan at step 10")
+
+    monkeypatch.setattr(trainers.train, "train_run", failing_run)
+    with pytest.raises(RuntimeError, match="loss became nan"):
+        train_staged(None, url, progress=False, cache_root=None)
+    assert scratch_dir(url).is_relative_to(tmp_path / "scratch")
+    assert (location(url) / "worker.log").read_text() == "step 10: loss nan\n"
+
+
 # ---------------------------------------------------------------- end to end, real Ray + DeepSpeed
 
 
