@@ -31,6 +31,10 @@ MAD_TO_SIGMA = 1.4826  # MAD of a normal sample / its standard deviation
 IRLS_ITERATIONS = 50
 MIN_SIZES_PER_BUDGET = 3  # three coefficients
 MIN_BUDGETS = 2  # a power law has two
+# A budget whose sizes span this many decades of N is wider than one parabola describes well
+# (window_rows): its failure comes with a hint to fit near the minimum. The paper's and the demo's
+# grids span under one decade; Porian et al.'s a median 1-2, up to 3.1.
+WIDE_GRID_DEX = 1.5
 
 
 @dataclass(frozen=True)
@@ -257,6 +261,20 @@ def power_laws_through(optima, group="") -> tuple[PowerLaw, PowerLaw, PowerLaw]:
     return tuple(laws)
 
 
+def _wide_grid_hint(failures, flops, n_params) -> str:
+    """For failed budgets whose sizes span >= WIDE_GRID_DEX decades: how wide, and the option that
+    fits near each minimum instead (empty when none is that wide)."""
+    spans = {e.flops: float(np.log10(n.max() / n.min())) for e in failures
+             if len(n := n_params[flops == e.flops])}
+    wide = {c: span for c, span in spans.items() if span >= WIDE_GRID_DEX}
+    if not wide:
+        return ""
+    return (f"Failed budgets {', '.join(f'{c:.3g}' for c in wide)} have sizes spanning "
+            f"{', '.join(f'{span:.1f}' for span in wide.values())} decades of N, wider than one "
+            "parabola describes: fit each near its lowest loss with parabola_window_dex / "
+            "--parabola-window DEX (e.g. 0.6)")
+
+
 def fit_isoflop(flops, n_params, loss, *, accept_edge=False, huber=False, drop_failed=False, group="") -> IsoFlopFit:
     """Approach 2 for one group. flops are the runs' budgets (equal within a budget)."""
     flops, n_params, loss = (np.asarray(v, float) for v in (flops, n_params, loss))
@@ -279,17 +297,19 @@ def fit_isoflop(flops, n_params, loss, *, accept_edge=False, huber=False, drop_f
         except FitError as exc:
             failures.append(exc)
     enough = len(optima) >= MIN_BUDGETS
+    wide = _wide_grid_hint(failures, flops, n_params)
     if failures and not (drop_failed and enough):
         fitted = [f"{o.flops:.3g}" for o in optima]
         hint = (f". Budgets {', '.join(fitted)} have a trusted minimum: fit them alone with --budgets "
                 f"{','.join(fitted)}, or leave the others out (drop_failed=True, --drop-failed-budgets)"
                 if enough else "")
-        if len(failures) == 1 and not hint:
+        if len(failures) == 1 and not hint and not wide:
             raise failures[0]
-        raise FitError("approach 2: " + "; ".join(f"budget {e.flops:.3g}: {e.reason}" for e in failures) + hint,
-                       group=group)
+        raise FitError("approach 2: " + "; ".join(f"budget {e.flops:.3g}: {e.reason}" for e in failures)
+                       + hint + (f". {wide}" if wide else ""), group=group)
     optima = tuple(optima)
     dropped = tuple(f"group {group}: budget {e.flops:.3g} FLOPs left out of approach 2: {e.reason}" for e in failures)
+    dropped += (f"group {group}: {wide}",) if wide else ()
     warnings = dropped + tuple(
         f"group {group}: budget {o.flops:.3g} FLOPs: vertex N* = {o.n_params:.3g} outside sampled sizes "
         f"[{o.n_params_min:.3g}, {o.n_params_max:.3g}] (extrapolated, accepted)"

@@ -295,6 +295,29 @@ def test_a_parabola_window_fits_porians_wide_grids_better(porian_runs):
     assert lost[0.6] < lost[None] / 3
 
 
+def test_a_wide_grids_failed_budgets_point_to_the_parabola_window(porian_runs):
+    """Kaplan's setting on OpenWebText2: its three smallest budgets fail (vertex below the sampled
+    sizes) and their sizes span 3.1, 2.9 and 2.5 decades of N; the error says so and names the
+    window option. A grid under WIDE_GRID_DEX decades gets no such hint (the demo's: 0.3)."""
+    rows = porian_runs[(porian_runs["dataset"] == "owt2")
+                       & (porian_runs[PORIAN_SETTING].apply(tuple, axis=1) == PORIAN_CORRECTIONS[0])]
+    c, n, l = (rows[k].to_numpy(float) for k in ("flops", "n_params", "loss"))
+    with pytest.raises(FitError, match=r"Failed budgets 1.25e\+16, 2.5e\+16, 5e\+16 have sizes spanning "
+                                       r"3.1, 2.9, 2.5 decades of N, .*--parabola-window DEX"):
+        fit_isoflop(c, n, l)
+    fit = fit_isoflop(c, n, l, drop_failed=True)
+    assert any("--parabola-window" in w for w in fit.warnings)
+    near = window_rows(c, n, l, 0.6)  # within the window no budget is that wide
+    assert not any("--parabola-window" in w for w in fit_isoflop(c[near], n[near], l[near], drop_failed=True).warnings)
+
+    flops = np.repeat([1e18, 1e19], 5)  # narrow: 0.5 decades, the second budget monotone
+    n_narrow = np.tile(np.logspace(6, 6.5, 5), 2)
+    loss = np.concatenate([3.0 + (np.log(n_narrow[:5]) - np.log(2e6)) ** 2, 3.0 - np.log(n_narrow[5:]) / 10])
+    with pytest.raises(FitError) as caught:
+        fit_isoflop(flops, n_narrow, loss)
+    assert "--parabola-window" not in str(caught.value)
+
+
 def test_the_three_approaches_agree_on_porians_corrected_setting(porian_runs):
     """Tuned AdamW, short warmup, constant rate, standard parameter count, validation loss, both
     datasets: the envelope, the iso-FLOP parabolas and Hoffmann's parametric law all give
