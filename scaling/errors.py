@@ -20,10 +20,10 @@ def writable_folder(path, chosen_by: str):
     """Create `path` (and its parents) now, before any work whose results would go there; a folder
     that cannot be made is a UserError naming the flag or YAML key that chose it. A URL
     (scaling/storage.py) is checked by writing and removing a small probe object there."""
-    from scaling.storage import location
+    from scaling.storage import RemotePath, location
 
     path = location(path)
-    if hasattr(path, "fs"):
+    if isinstance(path, RemotePath):
         probe = path / ".write-probe"
         try:
             path.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,11 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))  # set by Ray Train for multi-worker runs
 
 
+def worker_file(rank: int, suffix: str) -> str:
+    """worker.log / worker.pid for rank 0, worker.<rank>.log / .pid for the others."""
+    return f"worker.{suffix}" if rank == 0 else f"worker.{rank}.{suffix}"
+
+
 def _barrier() -> None:
     import torch.distributed as dist
 
@@ -100,14 +105,11 @@ def push_checkpoint(remote: RemotePath, local: Path, step: int, is_main: bool) -
 
 def push_final(remote: RemotePath, local: Path, rank: int) -> None:
     """After training: the run's files, result.json last, then no checkpoints in the store."""
-    if rank != 0:  # its log; rank 0 writes everything else
-        push_logs(remote, local)
-    else:
+    push_logs(remote, local)  # each rank its own; rank 0 writes everything else
+    if rank == 0:
         for name in (MODEL_DIR, METRICS_FILE, SPEC_FILE):
             if (local / name).exists():
                 (remote / name).upload(local / name)
-        for log in sorted(local.glob("worker*.log")):
-            (remote / log.name).upload(log)
         (remote / RESULT_FILE).write_bytes((local / RESULT_FILE).read_bytes())
         (remote / CHECKPOINT_DIR).rmtree()
     _clear(local, (MODEL_DIR, CHECKPOINT_DIR, METRICS_FILE, SPEC_FILE, RESULT_FILE))  # scratch keeps the logs
@@ -161,8 +163,9 @@ def push_logs(remote: RemotePath, local: Path) -> None:
 
     sys.stdout.flush()
     sys.stderr.flush()
+    log = local / worker_file(_rank(), "log")
     try:
-        for log in local.glob(f"worker{'.' + str(_rank()) if _rank() else ''}.log"):
+        if log.exists():
             (remote / log.name).upload(log)
     except Exception:  # noqa: BLE001 - see the docstring
         pass

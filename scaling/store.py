@@ -38,12 +38,20 @@ STATES = ("pending", "running", "succeeded", "failed", "interrupted")
 DRIVER_LOCK = ".driver.lock"
 
 
-def write_atomic(path: Path | RemotePath, text: str) -> None:
-    """Write text so readers see the old file or the new one, never half of either."""
+def write_atomic(path: Path | RemotePath, data: str | bytes) -> None:
+    """Write text or bytes so readers see the old file or the new one, never half of either."""
+    data = data.encode() if isinstance(data, str) else data
     if isinstance(path, RemotePath):
-        path.write_text(text)  # one put (scaling/storage.py)
+        path.write_bytes(data)  # one put (scaling/storage.py)
         return
-    write_atomic_bytes(path, text.encode())
+    write_atomic_bytes(path, data)
+
+
+def parquet_bytes(frame) -> bytes:
+    """A DataFrame as a parquet file's bytes, for write_atomic."""
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
 
 
 def write_atomic_bytes(path: Path, data: bytes) -> None:
@@ -198,14 +206,7 @@ class RunStore:
         frame = pd.DataFrame(rows).sort_values(["family", "flops_budget", "n_params"])
         parquet = self.root / "results.parquet"
         self.root.mkdir(parents=True, exist_ok=True)
-        if isinstance(parquet, RemotePath):
-            buffer = io.BytesIO()
-            frame.to_parquet(buffer, index=False)
-            parquet.write_bytes(buffer.getvalue())
-        else:
-            tmp = parquet.with_suffix(".parquet.tmp")
-            frame.to_parquet(tmp, index=False)
-            os.replace(tmp, parquet)
+        write_atomic(parquet, parquet_bytes(frame))
         write_atomic(self.root / "results.csv", frame.to_csv(index=False))
         return parquet
 

@@ -30,18 +30,17 @@ def execute_run(spec_json: str, run_dir: str, cache_root: str | None = None) -> 
     URL, to the node-local scratch folder: scaling/staging.py). Raises on failure."""
     dispatched = time.time()
     from scaling.runspec import RunSpec
-    from scaling.staging import scratch_dir
+    from scaling.staging import scratch_dir, worker_file
 
     spec = RunSpec.from_json(spec_json)
     run_path = scratch_dir(run_dir)
     run_path.mkdir(parents=True, exist_ok=True)
-    rank = os.environ.get("RANK", "0")
-    pid_file = "worker.pid" if rank == "0" else f"worker.{rank}.pid"  # one per rank under Ray Train
-    (run_path / pid_file).write_text(f"{os.getpid()}\n")  # lets tests and operators find it
+    rank = int(os.environ.get("RANK", "0"))  # one pid file and log per rank under Ray Train
+    (run_path / worker_file(rank, "pid")).write_text(f"{os.getpid()}\n")  # lets tests and operators find it
     threads = max(1, int(spec.resources.cpus_per_worker))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if spec.resources.gpus_per_worker == 0 else "cuda")
-    log = open(run_path / ("worker.log" if rank == "0" else f"worker.{rank}.log"), "a", buffering=1)
+    log = open(run_path / worker_file(rank, "log"), "a", buffering=1)
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         message = _injected_fault(spec.run_id)
         if message:

@@ -19,7 +19,6 @@ dominates each throughput range. torch is imported inside the command, so `scali
 from __future__ import annotations
 
 import argparse
-import io
 from pathlib import Path
 
 from scaling.errors import UserError, writable_folder
@@ -73,12 +72,12 @@ def parse_steps(text: str) -> list[int]:
 
 def read_results(store):
     """The sweep's results table; UserError when `scaling run` has not written it yet."""
-    import pandas as pd
+    from analysis.table import read_table
 
     path = store.root / "results.parquet"
     if not path.is_file():
         raise UserError(f"{path}: no results table yet; run `scaling run SWEEP` first")
-    return pd.read_parquet(path if isinstance(path, Path) else io.BytesIO(path.read_bytes()))
+    return read_table(path)
 
 
 def choose_runs(args, store, results) -> list[tuple[str, str]]:
@@ -111,7 +110,7 @@ def default_judge_dir(store, results) -> Path:
 def run_pareto(args: argparse.Namespace) -> int:
     from scaling.staging import fetch_run
     from scaling.storage import location
-    from scaling.store import RunStore
+    from scaling.store import RunStore, parquet_bytes, write_atomic
     from scaling.sweepfile import load_sweep
 
     steps = parse_steps(args.steps)
@@ -152,9 +151,7 @@ def run_pareto(args: argparse.Namespace) -> int:
         runs.append(pareto.load_run(fetch_run(store.run_dir(run_id)), run_id, device))
     table, samples = pareto.measure_runs(runs, judge, steps, n_samples=args.n_samples, seq_len=seq_len,
                                          seed=args.seed, device=device, repeats=args.repeats)
-    buffer = io.BytesIO()  # out may be a URL (scaling/storage.py): each file written whole
-    table.to_parquet(buffer, index=False)
-    (out / "pareto.parquet").write_bytes(buffer.getvalue())
+    write_atomic(out / "pareto.parquet", parquet_bytes(table))  # out may be a URL (scaling/storage.py)
     (out / "samples.md").write_text(pareto.samples_markdown(runs, table, samples))
     # one curve per family; per run when --runs names several checkpoints of one family
     group = "family" if table.groupby("family")["run_id"].nunique().max() == 1 else "run_id"
