@@ -129,6 +129,7 @@ class _Context:
     val_blocks: Any  # LongTensor[n, L]
     val_n_bytes: int
     deepspeed: Any = None
+    resume_plan: Any = None  # trainers.checkpoint.ResumePlan, once the engine is configured
     on_checkpoint: Callable[[int, bool], None] | None = None
 
     @property
@@ -196,6 +197,7 @@ def _build_model(ctx: _Context):
 
 
 def _build_engine(ctx: _Context, model):
+    from trainers.checkpoint import plan_resume, universal_copy, with_universal_loading
     from trainers.dist import import_deepspeed
     from trainers.engine import build_deepspeed_config, initialize_engine
 
@@ -205,6 +207,10 @@ def _build_engine(ctx: _Context, model):
     ctx.setup.deepspeed_import_s = time.perf_counter() - t
     t = time.perf_counter()
     config = build_deepspeed_config(ctx.spec.recipe, ctx.spec.resources, ctx.plan, ctx.precision)
+    ctx.resume_plan = plan_resume(ctx.ckpt_root, ctx.spec.resources.zero_stage, ctx.proc.world_size)
+    if ctx.resume_plan is not None and ctx.resume_plan.universal:
+        universal_copy(ctx.ckpt_root, ctx.resume_plan.tag)
+        config = with_universal_loading(config)  # another worker count or ZeRO stage (checkpoint.py)
     engine, optimizer = initialize_engine(ctx.deepspeed, model, ctx.spec.recipe, config, ctx.proc.device)
     ctx.setup.engine_init_s = time.perf_counter() - t
     return engine, optimizer
@@ -228,7 +234,7 @@ def _resume(ctx: _Context, engine):
     from trainers.engine import LoopState
 
     t = time.perf_counter()
-    client_state = load_checkpoint(engine, ctx.ckpt_root)
+    client_state = load_checkpoint(engine, ctx.ckpt_root, ctx.resume_plan)
     if client_state and client_state.get("config_hash") != ctx.spec.config_hash:
         raise UserError(f"{ctx.ckpt_root} holds checkpoints of another run; give an empty --out "
                         "directory or delete it")

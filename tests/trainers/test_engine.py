@@ -14,7 +14,7 @@ import pytest
 
 from scaling.errors import UserError
 from scaling.schema import Recipe, Resources
-from trainers.checkpoint import LATEST, checkpoint_interval, checkpoint_tag, latest_checkpoint
+from trainers.checkpoint import LATEST, checkpoint_interval, checkpoint_tag, latest_checkpoint, plan_resume
 from trainers.engine import (DivergedError, clip_gradients, LoopState, _check_finite, build_deepspeed_config,
                              deep_merge, derive_seed, plan_batches, resolve_precision)
 from trainers.records import MetricsLog, atomic_write_json, read_jsonl
@@ -170,6 +170,53 @@ def test_latest_checkpoint_needs_its_folder(tmp_path):
     assert latest_checkpoint(tmp_path) is None  # pointer without its checkpoint: not resumable
     (tmp_path / checkpoint_tag(20)).mkdir()
     assert latest_checkpoint(tmp_path) == {"tag": "step00000020", "step": 20}
+
+
+def write_checkpoint_files(root: Path, *, ranks: int, zero_stage: int) -> None:
+    """The file names DeepSpeed 0.19 writes for a checkpoint at step 20 (contents not read)."""
+    tag_dir = root / checkpoint_tag(20)
+    tag_dir.mkdir(parents=True)
+    atomic_write_json(root / LATEST, {"tag": tag_dir.name, "step": 20})
+    if zero_stage in (0, 1, 2):
+        (tag_dir / "mp_rank_00_model_states.pt").touch()
+    for rank in range(ranks if zero_stage else 0):
+        (tag_dir / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").touch()
+        if zero_stage == 3:
+            (tag_dir / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt").touch()
+
+
+@pytest.mark.parametrize("written, now, universal", [
+    ((0, 2), (0, 1), False),  # no ZeRO: the whole optimizer state loads into any worker count
+    ((1, 2), (1, 2), False),
+    ((1, 2), (2, 2), False),  # stages 1 and 2 share a format
+    ((1, 2), (1, 1), True),   # ZeRO shards of 2 ranks into 1: through the universal copy
+    ((2, 1), (1, 4), True),
+    ((3, 2), (3, 1), True),
+    ((3, 2), (3, 2), False),
+])
+def test_a_checkpoint_resumes_with_another_worker_count(tmp_path, written, now, universal):
+    write_checkpoint_files(tmp_path, ranks=written[1], zero_stage=written[0])
+    plan = plan_resume(tmp_path, zero_stage=now[0], world_size=now[1])
+    assert (plan.step, plan.universal) == (20, universal)
+    assert plan.load_tag == ("universal-step00000020" if universal else "step00000020")
+
+
+@pytest.mark.parametrize("written, now, message", [
+    ((0, 1), (1, 1), "written without ZeRO and this run has ZeRO stage 1"),
+    ((2, 2), (0, 2), "written under ZeRO and this run has no ZeRO"),
+    ((1, 2), (3, 2), "ZeRO stage 1 or 2 and this run has stage 3"),
+    ((3, 2), (2, 1), "ZeRO stage 3 and this run has stage 2"),
+])
+def test_a_zero_stage_deepspeed_cannot_bridge_is_one_line(tmp_path, written, now, message):
+    write_checkpoint_files(tmp_path, ranks=written[1], zero_stage=written[0])
+    with pytest.raises(UserError, match=message) as err:
+        plan_resume(tmp_path, zero_stage=now[0], world_size=now[1])
+    assert "set resources.zero_stage back, or delete" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_no_checkpoint_no_resume_plan(tmp_path):
+    assert plan_resume(tmp_path, zero_stage=1, world_size=2) is None
 
 
 # ---------------------------------------------------------------- `scaling train` arguments

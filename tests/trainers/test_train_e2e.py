@@ -229,6 +229,18 @@ def train_two_workers(spec: RunSpec, out: Path, cache: Path, *, spec_path: Path 
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a training command and every process under it: torchrun's workers have sessions of
+    their own, so killing its process group would leave them training."""
+    import psutil
+
+    tree = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+    for member in tree:
+        member.kill()
+    psutil.wait_procs(tree, timeout=30)
+    proc.communicate()
+
+
 @pytest.mark.slow  # two training processes at once: ~20 s on a 2-core machine
 def test_accumulation_equals_two_workers(cache, tmp_path):
     """One process accumulating 2 micro-batches of 4 and two processes (torchrun, gloo) of 4 each
@@ -272,8 +284,6 @@ def test_two_workers_resume_from_a_url_store_on_fresh_scratch(cache, tmp_path):
     local two-worker run ends."""
     import shutil
 
-    import psutil
-
     spec = make_spec("mdlm", steps=400, recipe={"checkpoint_every_steps": 50})  # ~4 s to kill it in
     train_two_workers(spec, tmp_path / "local", cache)
     store, scratch = tmp_path / "store", tmp_path / "scratch"
@@ -286,11 +296,7 @@ def test_two_workers_resume_from_a_url_store_on_fresh_scratch(cache, tmp_path):
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.005)
-    tree = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
-    for member in tree:  # both workers (torchrun gives them sessions of their own), then torchrun
-        member.kill()
-    psutil.wait_procs(tree, timeout=30)
-    proc.communicate()
+    kill_tree(proc)
     assert not (store / "result.json").exists(), "the run finished before it could be killed"
     assert len(list(scratch.iterdir())) == 2  # one scratch folder per rank
     shutil.rmtree(scratch)
@@ -304,6 +310,54 @@ def test_two_workers_resume_from_a_url_store_on_fresh_scratch(cache, tmp_path):
     assert b["world_size"] == 2 and b["resumed_from_step"] > 0
     assert abs(a["val_loss"] - b["val_loss"]) <= 1e-4
     assert (store / "model" / "model.safetensors").is_file() and not (store / "checkpoints").exists()
+
+
+def training_command(spec: RunSpec, spec_path: Path, out: Path, cache: Path, workers: int) -> list[str]:
+    if workers == 2:
+        return two_workers_command(spec, spec_path, out, cache)
+    spec_path.write_text(spec.to_json())
+    return [sys.executable, "-m", "trainers.train", "--spec", str(spec_path), "--out", str(out),
+            "--cache-dir", str(cache), "--no-progress"]
+
+
+@pytest.mark.slow  # three runs, two of them with two processes: ~50 s
+@pytest.mark.parametrize("zero_stage, workers_before, workers_after", [(1, 2, 1), (3, 1, 2)])
+def test_a_run_resumes_with_another_worker_count(cache, tmp_path, zero_stage, workers_before,
+                                                 workers_after):
+    """Resources are not part of a run's id, so a run killed on k workers may be resumed on another
+    number (a cluster that shrank or grew). ZeRO's optimizer shards then load through DeepSpeed's
+    universal checkpoint (trainers/checkpoint.py), and the run ends where an uninterrupted run on
+    the new worker count ends: micro-batches of 4 sequences either way, so the two differ only in
+    how the gradients of a step are summed."""
+    def spec(workers: int) -> RunSpec:  # one run id: resources are not hashed
+        return make_spec("mdlm", steps=400, recipe={"micro_batch_seqs": 4, "checkpoint_every_steps": 50},
+                         resources={"zero_stage": zero_stage, "workers": workers})
+
+    assert spec(workers_before).run_id == spec(workers_after).run_id
+    run, whole = tmp_path / "run", tmp_path / "whole"
+    proc = subprocess.Popen(training_command(spec(workers_before), tmp_path / "before.json", run, cache,
+                                             workers_before),
+                            cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not (run / "checkpoints" / "latest.json").exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    kill_tree(proc)
+    assert not (run / "result.json").exists(), "the run finished before it could be killed"
+
+    for out, name in ((run, "after"), (whole, "whole")):
+        done = subprocess.run(training_command(spec(workers_after), tmp_path / f"{name}.json", out, cache,
+                                               workers_after),
+                              cwd=REPO, env=ENV, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+        assert done.returncode == 0, done.stderr[-3000:]
+    a, b = (json.loads((d / "result.json").read_text()) for d in (whole, run))
+    print(f"\nZeRO-{zero_stage}, {workers_before} -> {workers_after} workers: resumed from step "
+          f"{b['resumed_from_step']}, val_loss {b['val_loss']!r}; uninterrupted on {workers_after}: "
+          f"{a['val_loss']!r}")
+    assert b["resumed_from_step"] > 0 and b["world_size"] == workers_after
+    assert b["val_loss"] == pytest.approx(a["val_loss"], abs=1e-5)  # as two workers vs accumulation
+    assert not (run / "checkpoints").exists()  # the universal copy went with the checkpoints
 
 
 # ---------------------------------------------------------------- divergence
