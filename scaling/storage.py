@@ -9,8 +9,8 @@ three rules:
   (readers see the old object or the new one), which is what temp file + rename gives locally;
 - a run trains in a node-local scratch folder and is pushed to the store at each checkpoint and at
   the end, result.json last (scaling/staging.py), so a run resumes on any node;
-- the driver lock is a flock on this machine (as it already was on NFS): two drivers on one machine
-  are excluded, two on different machines are not.
+- the driver lock is a flock on this machine, and a lease record in the store excludes drivers on
+  other machines (scaling/lease.py).
 
 The backend is fsspec's: s3:// needs `s3fs` (`pip install s3fs`), gs:// `gcsfs`, with credentials
 from the usual places (environment, ~/.aws, the instance's role). `file:///abs/path` is the local

@@ -8,12 +8,13 @@
       runs/<run_id>/checkpoints/    periodic checkpoints for resume
       results.parquet, results.csv  one row per succeeded run of the current plan
       .driver.lock                  held (flock) by the one `scaling run` driving the sweep
+      driver.json                   at a URL: that driver's lease, renewed (scaling/lease.py)
 
 result.json is the source of truth for "done": a run whose record exists is never retrained, even if
 its status was not updated because the driver died in between.
 
 output_dir may also be an fsspec URL (s3://bucket/prefix): the same layout, each record one put,
-the driver lock on the driver's machine, and runs trained in node-local scratch folders that are
+the driver lock on the driver's machine plus a lease record in the store, and runs trained in node-local scratch folders that are
 pushed to the store at each checkpoint and at the end (scaling/storage.py, scaling/staging.py).
 """
 
@@ -149,9 +150,10 @@ class RunStore:
         Two drivers on one sweep (a second terminal, `make demo` twice) would train the same runs
         into the same folders, one resuming from checkpoints the other is still writing. The lock
         is an flock on <root>/.driver.lock: the kernel drops it when its process dies, kill -9
-        included, so a rerun after a crash is never locked out. (flock is per machine: drivers
-        on two machines sharing the store over NFS are not excluded, nor, for a store at a URL,
-        whose lock file is on this machine, drivers on two machines.)
+        included, so a rerun after a crash is never locked out. flock is per machine: drivers on
+        two machines sharing the store over NFS are not excluded. A store at a URL, whose lock file
+        is on this machine, also takes a lease in the store (scaling/lease.py), which excludes
+        drivers on other machines.
         """
         import fcntl
 
@@ -174,16 +176,36 @@ class RunStore:
             handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
             handle.flush()
+            lease = self._take_lease()
             try:
                 yield self
             finally:
+                if lease is not None:
+                    lease.release()
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _take_lease(self):
+        """For a store at a URL, the lease that excludes drivers on other machines (scaling/lease.py)."""
+        if not isinstance(self.root, RemotePath):
+            return None
+        from scaling.lease import Lease
+
+        lease = Lease(self.root)
+        lease.acquire()
+        lease.start_renewing()
+        return lease
 
     def driver(self) -> str | None:
         """Who drives the sweep now ("pid N on HOST since T"), or None when no driver holds the
         lock (so a run whose status still says running was interrupted)."""
         import fcntl
 
+        if isinstance(self.root, RemotePath):
+            from scaling.lease import live_holder
+
+            holder = live_holder(self.root)  # drivers on other machines too
+            if holder is not None:
+                return holder
         try:
             handle = open(self.lock_file)
         except OSError:

@@ -1,0 +1,164 @@
+"""The driver lease of a run store at a URL: one `scaling run` per sweep, across machines.
+
+A local store is guarded by an flock (scaling/store.py), which the kernel drops when its process
+dies. An object store has no lock, and the flock of a URL store is on the driver's machine, so two
+drivers on two machines would both train the sweep, into the same run folders. The lease is a
+record in the store, `<sweep>/driver.json`, that the driver renews every RENEW_S seconds:
+
+- a driver starts only if the record is absent, its own, or lapsed: not renewed for LEASE_S
+  seconds (its driver died or lost the network), or written on this machine by a process that is
+  gone (a rerun after a crash here need not wait);
+- it writes its own record, waits SETTLE_S and reads it back: of two drivers that started within
+  that window, only the one whose write landed last goes on (an object store's put is atomic and
+  a read after it sees it);
+- at exit it deletes the record if it is still its own.
+
+Ages compare the reader's clock with the writer's, so machines must agree on the time to well
+under LEASE_S (NTP does). Decisions are pure functions of the record and the clock (`holder_is_live`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from scaling.errors import UserError
+
+LEASE_FILE = "driver.json"
+LEASE_S = 60.0  # a record not renewed for this long has lapsed
+RENEW_S = 15.0  # four renewals per lease: a slow store or a busy driver misses one, not the lease
+SETTLE_S = 2.0  # wait after writing, before reading back (two drivers starting together)
+
+
+@dataclass(frozen=True)
+class Holder:
+    host: str
+    pid: int
+    token: str  # unique per driver process and start: tells our record from another's
+    since: float  # unix seconds, the holder's clock
+    renewed_at: float
+
+    @classmethod
+    def this_process(cls, now: float) -> "Holder":
+        return cls(socket.gethostname(), os.getpid(), uuid.uuid4().hex, now, now)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "Holder":
+        return cls(str(record["host"]), int(record["pid"]), str(record["token"]),
+                   float(record["since"]), float(record["renewed_at"]))
+
+    def describe(self, now: float) -> str:
+        return (f"pid {self.pid} on {self.host} since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.since))}, "
+                f"lease renewed {max(0.0, now - self.renewed_at):.0f} s ago")
+
+
+def holder_is_live(holder: Holder | None, me: Holder, now: float,
+                   pid_alive: Callable[[int], bool]) -> bool:
+    """Whether `holder`'s record keeps `me` from driving the sweep (module docstring)."""
+    if holder is None or holder.token == me.token:
+        return False
+    if holder.host == me.host and not pid_alive(holder.pid):
+        return False
+    return now - holder.renewed_at <= LEASE_S
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def read_holder(path) -> Holder | None:
+    """The record at `path` (a RemotePath), or None when absent or unreadable (a torn record
+    cannot happen on an object store; a hand-edited one is treated as absent)."""
+    try:
+        return Holder.from_record(json.loads(path.read_text()))
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write(path, holder: Holder) -> None:
+    path.write_text(json.dumps(holder.__dict__, indent=2))
+
+
+def busy(root, holder: Holder, now: float) -> UserError:
+    return UserError(f"{root}: another `scaling run` is driving this sweep ({holder.describe(now)}); "
+                     f"wait for it, or stop it, then rerun (finished runs are kept). A driver that "
+                     f"died lets go {LEASE_S:.0f} s after its last renewal")
+
+
+class Lease:
+    """Acquire with `acquire()`, then renew in a daemon thread until `release()`."""
+
+    def __init__(self, root, *, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.root, self.path = root, root / LEASE_FILE
+        self.clock, self.sleep = clock, sleep
+        self.me = Holder.this_process(clock())
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> None:
+        """Take the lease or raise UserError naming its live holder."""
+        current = read_holder(self.path)
+        if holder_is_live(current, self.me, self.clock(), pid_alive):
+            raise busy(self.root, current, self.clock())
+        _write(self.path, self.me)
+        self.sleep(SETTLE_S)
+        current = read_holder(self.path)
+        if current is None or current.token != self.me.token:
+            if current is None:
+                raise UserError(f"{self.root}: the driver lease {self.path} vanished as it was "
+                                "written; another driver is starting, or the store drops writes")
+            raise busy(self.root, current, self.clock())
+
+    def start_renewing(self) -> None:
+        self._thread = threading.Thread(target=self._renew, name="driver-lease", daemon=True)
+        self._thread.start()
+
+    def renew_once(self) -> bool:
+        """Renew our record; False when another driver's record replaced it (ours had lapsed)."""
+        current = read_holder(self.path)
+        if current is not None and current.token != self.me.token:
+            return False
+        self.me = Holder(**{**self.me.__dict__, "renewed_at": self.clock()})
+        _write(self.path, self.me)
+        return True
+
+    def _renew(self) -> None:
+        while not self._stop.wait(RENEW_S):
+            try:
+                if not self.renew_once():
+                    print(f"warning: {self.root}: this driver's lease lapsed and another driver "
+                          "took the sweep; stop this one (its finished runs are kept)", file=sys.stderr)
+                    return
+            except Exception as err:  # a store hiccup: the next renewal may succeed
+                print(f"warning: {self.root}: could not renew the driver lease ({err})", file=sys.stderr)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=RENEW_S)
+        current = read_holder(self.path)
+        if current is not None and current.token == self.me.token:
+            self.path.unlink(missing_ok=True)
+
+
+def live_holder(root, now: float | None = None) -> str | None:
+    """Who holds the lease of the store at `root` now ("pid N on HOST since T, ..."), or None."""
+    now = time.time() if now is None else now
+    holder = read_holder(root / LEASE_FILE)
+    nobody = Holder(socket.gethostname(), -1, "", 0.0, 0.0)  # a reader: dead pids here let go
+    return holder.describe(now) if holder_is_live(holder, nobody, now, pid_alive) else None
