@@ -9,8 +9,8 @@ moments that matter:
     push_checkpoint  after each checkpoint: the checkpoint's files, then the loss curve, then
                      checkpoints/latest.json, so the store's pointer only ever names a checkpoint
                      whose files are all there (a kill mid-push resumes from the previous one);
-    push_final       after training: model/, metrics.jsonl, spec.json and the worker logs, then
-                     result.json last (present = finished, as in a local store), then the store's
+    push_final       after training: model/, metrics.jsonl, spec.json and the worker logs (every
+                     attempt's, from whichever node: LogHistory), then result.json last (present = finished, as in a local store), then the store's
                      checkpoints are removed.
 
 Multi-worker runs (scaling/multiworker.py): each rank has a scratch folder of its own (ranks on
@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from scaling.storage import RemotePath, is_url, local_state_dir, url_key
@@ -32,6 +33,7 @@ from trainers.checkpoint import KEEP, LATEST, checkpoint_tag
 from trainers.records import CHECKPOINT_DIR, METRICS_FILE, MODEL_DIR, RESULT_FILE, SPEC_FILE
 
 SCRATCH_ENV = "SCALING_SCRATCH_DIR"  # where runs of URL stores train on this node
+PUSHED_SUFFIX = ".pushed"  # beside a scratch log: how many of its bytes are in the store's copy
 
 
 def scratch_dir(run_dir: str | Path) -> Path:
@@ -72,6 +74,27 @@ def _clear(local: Path, names) -> None:
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class LogHistory:
+    """The store keeps one log per rank for all attempts, on whichever nodes they ran: what the
+    store held when this attempt started, then what this node's scratch log (which appends, as a
+    local store's log does) holds that the store does not: this attempt, and an earlier attempt
+    here that was killed before it could push its log."""
+
+    earlier: bytes = b""  # the store's log at the start of this attempt
+    start: int = 0  # the bytes of the scratch log already in the store
+
+    @classmethod
+    def at_attempt_start(cls, remote: RemotePath, local: Path) -> "LogHistory":
+        log = local / worker_file(_rank(), "log")
+        try:
+            earlier = (remote / log.name).read_bytes()
+        except FileNotFoundError:
+            earlier = b""
+        pushed = log.with_name(log.name + PUSHED_SUFFIX)
+        return cls(earlier, int(pushed.read_text()) if pushed.exists() else 0)
+
+
 def pull(remote: RemotePath, local: Path) -> None:
     """Make scratch hold what the store holds for this run (see the module docstring)."""
     local.mkdir(parents=True, exist_ok=True)
@@ -103,9 +126,9 @@ def push_checkpoint(remote: RemotePath, local: Path, step: int, is_main: bool) -
         (remote / CHECKPOINT_DIR / old).rmtree()
 
 
-def push_final(remote: RemotePath, local: Path, rank: int) -> None:
+def push_final(remote: RemotePath, local: Path, rank: int, logs: LogHistory = LogHistory()) -> None:
     """After training: the run's files, result.json last, then no checkpoints in the store."""
-    push_logs(remote, local)  # each rank its own; rank 0 writes everything else
+    push_logs(remote, local, logs)  # each rank its own; rank 0 writes everything else
     if rank == 0:
         for name in (MODEL_DIR, METRICS_FILE, SPEC_FILE):
             if (local / name).exists():
@@ -147,18 +170,20 @@ def train_staged(spec, run_dir: str | Path, *, progress: bool, cache_root: Path 
         return train_run(spec, Path(run_dir), progress=progress, cache_root=cache_root)
     remote, local = RemotePath(str(run_dir)), scratch_dir(run_dir)
     pull(remote, local)
+    logs = LogHistory.at_attempt_start(remote, local)
     try:
         result = train_run(spec, local, progress=progress, cache_root=cache_root or default_data_cache(),
                            on_checkpoint=lambda step, is_main: push_checkpoint(remote, local, step, is_main))
     except BaseException:
-        push_logs(remote, local)  # the failed attempt's log beside its status.json, as locally
+        push_logs(remote, local, logs)  # the failed attempt's log beside its status.json, as locally
         raise
-    push_final(remote, local, _rank())
+    push_final(remote, local, _rank(), logs)
     return result
 
 
-def push_logs(remote: RemotePath, local: Path) -> None:
-    """Best effort (a store that cannot be reached must not hide the run's own error)."""
+def push_logs(remote: RemotePath, local: Path, history: LogHistory = LogHistory()) -> None:
+    """The store's log: the earlier attempts', then this one's. Best effort (a store that cannot be
+    reached must not hide the run's own error)."""
     import sys
 
     sys.stdout.flush()
@@ -166,6 +191,8 @@ def push_logs(remote: RemotePath, local: Path) -> None:
     log = local / worker_file(_rank(), "log")
     try:
         if log.exists():
-            (remote / log.name).upload(log)
+            text = log.read_bytes()
+            (remote / log.name).write_bytes(history.earlier + text[history.start:])
+            log.with_name(log.name + PUSHED_SUFFIX).write_text(str(len(text)))
     except Exception:  # noqa: BLE001 - see the docstring
         pass

@@ -142,9 +142,29 @@ def test_checkpoints_go_to_the_store_pointer_last_and_come_back(tmp_path):
     assert not (remote / "checkpoints").exists()
     assert (remote / "model" / "model.safetensors").read_text() == "weights"
     assert json.loads((remote / "result.json").read_text()) == {"val_loss": 1.0}
-    assert sorted(p.name for p in local.iterdir()) == ["worker.log"]  # scratch keeps the log only
+    assert sorted(p.name for p in local.iterdir()) == ["worker.log", "worker.log.pushed"]  # the log only
     pull(remote, elsewhere)  # a finished run: its record, no checkpoint
     assert (elsewhere / "result.json").exists() and not (elsewhere / "checkpoints").exists()
+
+
+def test_the_stores_log_keeps_every_attempt_on_every_node(memory_root, tmp_path, monkeypatch):
+    """Attempt 1 on node A is killed before it pushes its log; 2 runs on A, 3 on node B, 4 on A
+    again (whose scratch log holds attempts 1 and 2): the store's worker.log holds the four, once
+    each."""
+    from scaling.staging import LogHistory, push_logs
+
+    monkeypatch.delenv("RANK", raising=False)
+    remote = location(memory_root) / "runs" / "r1"
+    for attempt, node in enumerate("aaba", start=1):
+        scratch = tmp_path / node
+        scratch.mkdir(exist_ok=True)
+        history = LogHistory.at_attempt_start(remote, scratch)
+        with open(scratch / "worker.log", "a") as log:  # the worker appends, as locally
+            log.write(f"attempt {attempt}\n")
+        if attempt != 1:  # kill -9: nothing pushed
+            push_logs(remote, scratch, history)
+    assert (remote / "worker.log").read_text() == "".join(f"attempt {a}\n" for a in (1, 2, 3, 4))
+    assert (tmp_path / "a" / "worker.log").read_text() == "attempt 1\nattempt 2\nattempt 4\n"
 
 
 def test_a_finished_run_is_fetched_once_and_again_when_its_record_changes(tmp_path, monkeypatch):
@@ -247,6 +267,9 @@ def test_a_sweep_into_a_url_store_resumes_from_the_store(url_sweep, tmp_path):
         assert (run_dir / "model" / "model.safetensors").is_file() and (run_dir / "worker.log").is_file()
         assert not (run_dir / "checkpoints").exists()  # removed once the run finished
     assert not list(scratch.glob("*/model")) and not list(scratch.glob("*/checkpoints"))
+    # the killed attempt never pushed its log; the retry, on this node too, pushed both attempts'
+    [killed_log] = scratch.glob(f"{run_id}-*/worker.log")
+    assert (root / "runs" / run_id / "worker.log").read_bytes() == killed_log.read_bytes()
     assert not (REPO / "file:").exists()  # no URL was taken for a relative local path
 
     # the killed and resumed run equals the same spec trained uninterrupted into a local folder
