@@ -37,7 +37,7 @@ def main() -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
     from scaling.executors import RayExecutor
-    from scaling.runner import run_sweep
+    from scaling.runner import resource_need, run_sweep
     from scaling.store import RunStore
     from scaling.sweepfile import read_yaml, parse_sweep
     from scaling.grid import expand
@@ -56,7 +56,8 @@ def main() -> int:
     t1 = time.monotonic()
     executor = RayExecutor(num_cpus=os.cpu_count(), cache_root=cache)
     t2 = time.monotonic()
-    slots = executor.capacity(specs[0])
+    # concurrent runs the sweep can hold: its runs all ask for the same CPUs (no resources.tiers)
+    slots = int(executor.ray.cluster_resources()["CPU"] // resource_need(specs[0])["CPU"])
     try:
         run_sweep(specs, store, executor)
     finally:

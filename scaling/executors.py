@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 
 from scaling.errors import UserError
@@ -103,29 +104,59 @@ class RayExecutor:
         self._idle: dict[tuple, list] = {}
         self._busy: dict[object, tuple] = {}  # object ref -> (slot key, actor or None)
 
-    def capacity(self, spec: RunSpec) -> int:
-        """Runs of this shape that fit the cluster at once (by CPUs, and GPUs when asked)."""
+    def fits(self, spec: RunSpec, running: list[RunSpec]) -> bool:
+        from scaling.runner import fits_alongside
+
+        return fits_alongside(self.ray.cluster_resources(), running, spec, self.max_concurrent)
+
+    def check_schedulable(self, specs: list[RunSpec], sweep_file: str) -> None:
+        """A run that asks for more than the whole cluster has would wait forever on a Ray of our
+        own: one line naming it. A cluster we joined may grow (an autoscaler): a warning."""
+        from scaling.runner import resource_need
+
         total = self.ray.cluster_resources()
-        res = spec.resources
-        fits = int(total.get("CPU", 1) // (res.cpus_per_worker * res.workers))
-        if res.gpus_per_worker:
-            fits = min(fits, int(total.get("GPU", 0) // (res.gpus_per_worker * res.workers)))
-        fits = max(fits, 1)
-        return min(fits, self.max_concurrent) if self.max_concurrent else fits
+        for spec in specs:
+            need = resource_need(spec)
+            short = {name: amount for name, amount in need.items() if amount > total.get(name, 0.0) + 1e-9}
+            if not short:
+                continue
+            res = spec.resources
+            asked = ", ".join(f"{amount:g} {name}" for name, amount in need.items())
+            has = ", ".join(f"{total.get(name, 0.0):g} {name}" for name in need)
+            line = (f"{sweep_file}: run {spec.run_id} asks for {asked} ({res.workers} worker(s) x "
+                    f"{res.cpus_per_worker:g} CPU, {res.gpus_per_worker:g} GPU) and this Ray has {has}")
+            if self.owns_cluster:
+                raise UserError(f"{line}; lower resources (or the tier that sets them), or join a "
+                                "cluster that has them with --address")
+            print(f"warning: {line}; it waits until nodes with them join", file=sys.stderr)
+            return
 
     def submit(self, spec: RunSpec, run_dir: Path):
         res = spec.resources
-        if res.workers > 1:
+        key = (res.cpus_per_worker, res.gpus_per_worker) if res.workers == 1 else None
+        self._release_idle(keep=key)
+        if key is None:
             from scaling.multiworker import submit_multiworker
 
             return submit_multiworker(self.ray, spec, run_dir, self.cache_root)
-        key = (res.cpus_per_worker, res.gpus_per_worker)
         idle = self._idle.setdefault(key, [])
         actor = idle.pop() if idle else self._slot_class.options(
             num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker).remote()
         ref = actor.run.remote(spec.to_json(), str(run_dir), self.cache_root)
         self._busy[ref] = (key, actor)
         return ref
+
+    def _release_idle(self, keep: tuple | None) -> None:
+        """Stop the idle slots of other shapes: they hold their CPUs and GPUs, which a run of
+        another shape (resources.tiers; a multi-worker run) needs. A homogeneous sweep keeps its
+        slots, and their fork servers, for the whole sweep."""
+        stale = [actor for key, pool in self._idle.items() if key != keep for actor in pool]
+        if not stale:
+            return
+        self.ray.wait([a.close.remote() for a in stale], num_returns=len(stale), timeout=30)
+        for actor in stale:
+            self.ray.kill(actor)
+        self._idle = {key: pool for key, pool in self._idle.items() if key == keep}
 
     def wait(self, handles: list, timeout_s: float) -> list[tuple[object, Outcome]]:
         if not handles:

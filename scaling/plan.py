@@ -57,12 +57,23 @@ def _si(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _placement(resources) -> str:
+    """'8x1GPU' (workers x GPUs each), or '1x2CPU' for a run without GPUs."""
+    each = f"{resources.gpus_per_worker:g}GPU" if resources.gpus_per_worker else \
+        f"{resources.cpus_per_worker:g}CPU"
+    return f"{resources.workers}x{each}"
+
+
 def render_table(plan: GridPlan, sweep_name: str) -> str:
     header = ("family", "budget", "shape", "N non-emb", "D tokens", "tok/param", "steps",
               "achieved/C", "run_id")
     rows = [(s.label, f"{s.flops_budget:.3g}", s.shape.name or s.shape.tag, _si(s.n_params),
              _si(s.n_tokens), f"{s.tokens_per_param:.1f}", f"{s.steps:,}",
              f"{s.achieved_flops / s.flops_budget:.4f}", s.run_id) for s in plan.runs]
+    placements = [_placement(s.resources) for s in plan.runs]
+    if len(set(placements)) > 1:  # resources.tiers: say which runs get what
+        header = (*header[:-1], "resources", header[-1])
+        rows = [(*row[:-1], where, row[-1]) for row, where in zip(rows, placements)]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [f"sweep {sweep_name}: {len(plan.runs)} runs", fmt.format(*header),

@@ -105,7 +105,8 @@ def run_run(args: argparse.Namespace) -> int:
                         else f"{args.sweep}: output_dir")
         started = time.monotonic()
         prepare_data(sweep.data, sweep.recipe.seq_len, data_cache_root(sweep))
-        outcome = _run_on_ray(args, sweep, specs, store)
+        outcome = _run_on_ray(args, sweep, specs, store,
+                              todo=[d.spec for d in decisions if d.action != "skip"])
     wall = time.monotonic() - started
     print(f"[{sweep.name}] {len(outcome.succeeded)} trained, {len(outcome.skipped)} already done, "
           f"{len(outcome.failed)} failed in {wall:.0f}s; results: {store.root / 'results.parquet'}")
@@ -118,7 +119,7 @@ def run_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_on_ray(args, sweep, specs, store):
+def _run_on_ray(args, sweep, specs, store, todo):
     from scaling.executors import RayExecutor
     from scaling.progress import SweepProgress
     from scaling.runner import run_sweep
@@ -126,6 +127,11 @@ def _run_on_ray(args, sweep, specs, store):
     executor = RayExecutor(args.address, num_cpus=args.num_cpus, dashboard=args.dashboard,
                            temp_dir=args.ray_temp_dir, cache_root=workers_data_cache_root(sweep),
                            max_concurrent=args.max_concurrent)
+    try:
+        executor.check_schedulable(todo, args.sweep)
+    except BaseException:
+        executor.close()
+        raise
     progress = SweepProgress(sweep.name, live=False if args.no_progress else None)
     previous = _sigterm_as_interrupt()
     try:

@@ -1,9 +1,9 @@
 """The sweep runner: from a planned grid to finished runs, resumable and fault-tolerant.
 
 The scheduling logic here is pure bookkeeping over an injected Executor (scaling/executors.py):
-it decides what to run (skip / resume / run / retry), orders runs longest first, keeps the
-executor's slots full, records every state change in the run store, retries failures up to
-max_retries, and rebuilds the results table. The product path uses the Ray executor; tests of this
+it decides what to run (skip / resume / run / retry), orders runs longest first, starts them in
+that order while their resources fit beside the runs in flight, records every state change in the
+run store, retries failures up to max_retries, and rebuilds the results table. The product path uses the Ray executor; tests of this
 logic may inject another.
 """
 
@@ -13,7 +13,7 @@ import time
 import traceback as tb
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Mapping, Protocol
 
 from scaling.runspec import RunSpec
 from scaling.store import RunStore
@@ -36,8 +36,8 @@ class Outcome:
 
 
 class Executor(Protocol):
-    def capacity(self, spec: RunSpec) -> int:
-        """How many runs shaped like `spec` fit at once."""
+    def fits(self, spec: RunSpec, running: list[RunSpec]) -> bool:
+        """Whether `spec` may start now, beside the runs in flight."""
 
     def submit(self, spec: RunSpec, run_dir: Path) -> object:
         """Start one run; return a handle."""
@@ -65,6 +65,33 @@ class SweepOutcome:
     @property
     def ok(self) -> bool:
         return not self.failed and not self.interrupted
+
+
+def resource_need(spec: RunSpec) -> dict[str, float]:
+    """What a run holds while it trains, in Ray's resource names (all its workers together)."""
+    res = spec.resources
+    need = {"CPU": res.cpus_per_worker * res.workers}
+    if res.gpus_per_worker:
+        need["GPU"] = res.gpus_per_worker * res.workers
+    return need
+
+
+def fits_alongside(total: Mapping[str, float], running: list[RunSpec], spec: RunSpec,
+                   max_concurrent: int | None = None) -> bool:
+    """Whether `spec` fits in what the runs in flight leave of `total`. Runs of one sweep may ask
+    for different resources (resources.tiers), so this counts resources, not runs. With nothing in
+    flight a run always starts: one larger than the cluster waits in Ray's queue for nodes to join
+    (RayExecutor refuses it up front on a Ray of its own)."""
+    if max_concurrent and len(running) >= max_concurrent:
+        return False
+    if not running:
+        return True
+    used: dict[str, float] = {}
+    for other in running:
+        for name, amount in resource_need(other).items():
+            used[name] = used.get(name, 0.0) + amount
+    return all(used.get(name, 0.0) + amount <= total.get(name, 0.0) + 1e-9
+               for name, amount in resource_need(spec).items())
 
 
 def estimated_seconds(spec: RunSpec) -> float:
@@ -124,7 +151,7 @@ def run_sweep(specs: list[RunSpec], store: RunStore, executor: Executor,
     report()
     try:
         while pending or inflight:
-            while pending and len(inflight) < executor.capacity(pending[0]):
+            while pending and executor.fits(pending[0], list(inflight.values())):  # in order: no starving
                 spec = pending.pop(0)
                 attempts[spec.run_id] += 1
                 active[spec.run_id] = spec

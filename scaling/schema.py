@@ -201,6 +201,58 @@ class EvalSpec(Strict):
     batch_seqs: PositiveInt = 32
 
 
+def _compile_choice(cls, value):
+    if value is None or value in ("auto", "blocks", "trunk") or isinstance(value, bool):
+        return value
+    raise ValueError(f"got {value!r}; choose auto, true, false, blocks or trunk")
+
+
+def _auto_or_bool(cls, value):
+    if value is None or value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError(f"got {value!r}; choose auto, true or false")
+
+
+CompileChoice = Literal["auto", "blocks", "trunk"] | StrictBool
+AutoOrBool = Literal["auto"] | StrictBool
+
+
+class ResourceTier(Strict):
+    """Other resources for the larger runs of a sweep (`resources.tiers`): a run whose non-embedding
+    parameters reach min_n_params and whose budget reaches min_flops_budget (the thresholds given)
+    takes the tier's values over the sweep's. So one sweep holds 1-GPU runs of its small models and
+    8-GPU runs of its large ones, each placed by its own resources."""
+
+    min_n_params: Positive | None = None
+    min_flops_budget: Positive | None = None
+    cpus_per_worker: Positive | None = None
+    gpus_per_worker: Annotated[float, Field(ge=0)] | None = None
+    workers: PositiveInt | None = None
+    zero_stage: Literal[0, 1, 2, 3] | None = None
+    compile: CompileChoice | None = None
+    fused_head: AutoOrBool | None = None
+    deepspeed_overrides: dict[str, Any] | None = None
+
+    _compile = field_validator("compile", mode="before")(classmethod(_compile_choice))
+    _fused_head = field_validator("fused_head", mode="before")(classmethod(_auto_or_bool))
+
+    @model_validator(mode="after")
+    def _meaningful(self) -> "ResourceTier":
+        if self.min_n_params is None and self.min_flops_budget is None:
+            raise ValueError("a tier needs min_n_params or min_flops_budget: the runs it applies to")
+        if not self.overrides():
+            raise ValueError("a tier sets none of the resources; give e.g. workers or gpus_per_worker")
+        return self
+
+    def applies(self, n_params: float, flops_budget: float) -> bool:
+        return ((self.min_n_params is None or n_params >= self.min_n_params)
+                and (self.min_flops_budget is None or flops_budget >= self.min_flops_budget))
+
+    def overrides(self) -> dict[str, Any]:
+        thresholds = {"min_n_params", "min_flops_budget"}
+        return {k: v for k, v in self if k not in thresholds and v is not None}
+
+
 class Resources(Strict):
     """Per run. Not part of the run hash: the same run on other hardware is the same run."""
 
@@ -211,26 +263,31 @@ class Resources(Strict):
     # torch.compile of the backbone and loss heads (trainers/kernels.py): auto = blocks on a GPU
     # only; true or blocks = each block; trunk = the backbone up to the head as one graph; false =
     # eager (YAML's on / off read as true / false).
-    compile: Literal["auto", "blocks", "trunk"] | StrictBool = "auto"
+    compile: CompileChoice = "auto"
     # The output head and its loss in one chunked pass (trainers/fused_head.py): the [rows, vocab]
     # logits are never held whole. auto = on a GPU only (faster there: benchmarks/GPU_NOTES.md;
     # slower at a CPU demo's small vocabulary), or true / false.
-    fused_head: Literal["auto"] | StrictBool = "auto"
+    fused_head: AutoOrBool = "auto"
     deepspeed_overrides: dict[str, Any] = Field(default_factory=dict)  # merged into DeepSpeed's config
+    # Larger runs' resources, applied in order, each over the last (a run's spec holds the result).
+    tiers: list[ResourceTier] = Field(default_factory=list)
 
-    @field_validator("compile", mode="before")
-    @classmethod
-    def _compile_choice(cls, value):
-        if value in ("auto", "blocks", "trunk") or isinstance(value, bool):
-            return value
-        raise ValueError(f"got {value!r}; choose auto, true, false, blocks or trunk")
+    _compile = field_validator("compile", mode="before")(classmethod(_compile_choice))
+    _fused_head = field_validator("fused_head", mode="before")(classmethod(_auto_or_bool))
 
-    @field_validator("fused_head", mode="before")
-    @classmethod
-    def _auto_or_bool(cls, value):
-        if value == "auto" or isinstance(value, bool):
-            return value
-        raise ValueError(f"got {value!r}; choose auto, true or false")
+    def for_run(self, n_params: float, flops_budget: float) -> "Resources":
+        """The resources of one run: these, with every tier it reaches applied in order."""
+        values = self.model_dump(exclude={"tiers"})
+        for tier in self.tiers:
+            if tier.applies(n_params, flops_budget):
+                values.update(tier.overrides())
+        return Resources.model_validate(values)
+
+    def worker_counts(self) -> list[tuple[str, int]]:
+        """Every worker count a run of the sweep may get, with the key that sets it."""
+        return [("resources.workers", self.workers)] + [
+            (f"resources.tiers[{i}].workers", t.workers) for i, t in enumerate(self.tiers)
+            if t.workers is not None]
 
 
 class Sweep(Strict):
@@ -272,12 +329,13 @@ class Sweep(Strict):
         if len(set(self.budgets)) != len(self.budgets):
             raise ValueError("budgets repeat a value; list each budget once")
         micro = self.recipe.micro_batch_seqs
-        per_worker = self.recipe.global_batch_seqs / self.resources.workers
-        if per_worker != int(per_worker):
-            raise ValueError(
-                f"recipe.global_batch_seqs {self.recipe.global_batch_seqs} is not divisible by "
-                f"resources.workers {self.resources.workers}")
-        if micro is not None and int(per_worker) % micro:
-            raise ValueError(
-                f"recipe.micro_batch_seqs {micro} must divide global_batch_seqs / workers = {int(per_worker)}")
+        for key, workers in self.resources.worker_counts():  # the sweep's, and every tier's
+            per_worker = self.recipe.global_batch_seqs / workers
+            if per_worker != int(per_worker):
+                raise ValueError(
+                    f"recipe.global_batch_seqs {self.recipe.global_batch_seqs} is not divisible by "
+                    f"{key} {workers}")
+            if micro is not None and int(per_worker) % micro:
+                raise ValueError(f"recipe.micro_batch_seqs {micro} must divide global_batch_seqs / "
+                                 f"workers = {int(per_worker)} ({key} {workers})")
         return self

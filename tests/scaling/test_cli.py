@@ -168,3 +168,15 @@ def test_a_ray_address_where_nothing_answers_fails_in_seconds():
     with pytest.raises(UserError, match="expected HOST:PORT"):
         check_reachable("nonsense")
     check_reachable("auto")  # left to Ray, which fails fast without a cluster
+
+
+def test_a_reader_that_leaves_early_is_not_an_error(monkeypatch):
+    """`scaling plan SWEEP | head -1`: the pipe breaks under the writer once head has left; the
+    command exits as a shell tool does (141), without a traceback."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader left
+    with open(write_end, "w") as stdout:
+        monkeypatch.setattr(sys, "stdout", stdout)
+        assert main(["plan", str(REPO / "sweeps" / "smoke.yaml")]) == 141

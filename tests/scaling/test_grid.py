@@ -31,6 +31,25 @@ def test_same_yaml_same_ids_and_changed_recipe_new_ids():
     assert [s.run_id for s in expand(parse_sweep(moved)).runs] == ids_a  # placement is not identity
 
 
+def test_resource_tiers_give_larger_runs_their_own_resources():
+    """resources.tiers: each tier a run reaches applies over the sweep's resources, in order; the
+    run ids stay the same (resources are not part of them)."""
+    raw = read_yaml(REPO / "sweeps" / "smoke.yaml")
+    tiered = {**raw, "resources": {**raw["resources"], "tiers": [
+        {"min_n_params": 1e5, "workers": 2, "zero_stage": 1},
+        {"min_n_params": 1.4e5, "min_flops_budget": 1.2e10, "workers": 4, "gpus_per_worker": 1},
+    ]}}
+    plain, specs = expand(parse_sweep(raw)).runs, expand(parse_sweep(tiered)).runs
+    assert [s.run_id for s in specs] == [s.run_id for s in plain]
+    placed = {(s.n_params, s.flops_budget, s.resources.workers, s.resources.zero_stage,
+               s.resources.gpus_per_worker) for s in specs}
+    assert placed == {(89584, 6e9, 1, 0, 0.0), (89584, 1.2e10, 1, 0, 0.0),
+                      (114136, 6e9, 2, 1, 0.0), (114136, 1.2e10, 2, 1, 0.0),
+                      (141760, 6e9, 2, 1, 0.0),  # below the second tier's budget
+                      (141760, 1.2e10, 4, 1, 1.0)}
+    assert all(s.resources.tiers == [] for s in specs)  # a run's spec holds its own resources
+
+
 def test_adding_a_budget_keeps_existing_ids():
     raw = read_yaml(REPO / "sweeps" / "smoke.yaml")
     before = {s.run_id for s in expand(parse_sweep(raw)).runs}

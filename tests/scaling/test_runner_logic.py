@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from scaling.runner import Outcome, decide, estimated_seconds, run_sweep
+from scaling.runner import Outcome, decide, estimated_seconds, fits_alongside, resource_need, run_sweep
 from scaling.store import RunStore, write_atomic
 from scaling.sweepfile import load_plan, parse_sweep, read_yaml
 from scaling.grid import expand
@@ -21,8 +21,8 @@ class FakeExecutor:
     def __init__(self, slots=2, fail=None):
         self.slots, self.fail, self.submitted, self._ready = slots, dict(fail or {}), [], []
 
-    def capacity(self, spec):
-        return self.slots
+    def fits(self, spec, running):
+        return len(running) < self.slots
 
     def submit(self, spec, run_dir):
         self.submitted.append(spec.run_id)
@@ -109,3 +109,53 @@ def test_torn_or_missing_records(smoke):
     (run_dir / "checkpoints").mkdir()
     (run_dir / "checkpoints" / "step_10").mkdir()
     assert decide(store, spec).action == "resume"
+
+
+# ---------------------------------------------------------------- runs of different sizes
+
+
+def _tiered_specs(tmp_path):
+    """The smoke grid with its largest model on 2 workers x 1 GPU, the others on 1 GPU."""
+    raw = read_yaml(REPO / "sweeps" / "smoke.yaml")
+    raw["output_dir"] = str(tmp_path)
+    raw["resources"] = {"cpus_per_worker": 1, "gpus_per_worker": 1,
+                        "tiers": [{"min_n_params": 1.4e5, "workers": 2}]}
+    sweep = parse_sweep(raw)
+    return sweep, list(expand(sweep).runs)
+
+
+def test_a_run_starts_when_its_resources_fit_beside_the_runs_in_flight(tmp_path):
+    _, specs = _tiered_specs(tmp_path)
+    big = next(s for s in specs if s.resources.workers == 2)
+    small = next(s for s in specs if s.resources.workers == 1)
+    assert resource_need(big) == {"CPU": 2.0, "GPU": 2.0} and resource_need(small) == {"CPU": 1.0, "GPU": 1.0}
+    total = {"CPU": 16.0, "GPU": 3.0}
+    assert fits_alongside(total, [], big) and fits_alongside(total, [big], small)
+    assert not fits_alongside(total, [big, small], small)  # the GPUs are taken, CPUs are not
+    assert not fits_alongside(total, [small, small], big)
+    assert fits_alongside({"CPU": 1.0}, [], big)  # alone, a run always starts (it waits in Ray's queue)
+    assert not fits_alongside(total, [small], small, max_concurrent=1)
+
+
+class ResourceExecutor(FakeExecutor):
+    """FakeExecutor that admits by resources and records what was in use at each start."""
+
+    def __init__(self, total):
+        super().__init__()
+        self.total, self.in_use = total, []
+
+    def fits(self, spec, running):
+        ok = fits_alongside(self.total, running, spec)
+        if ok:
+            self.in_use.append(sum(resource_need(r)["GPU"] for r in [*running, spec]))
+        return ok
+
+
+def test_a_sweep_of_mixed_runs_never_asks_for_more_than_the_cluster(tmp_path):
+    sweep, specs = _tiered_specs(tmp_path)
+    executor = ResourceExecutor({"CPU": 8.0, "GPU": 3.0})
+    outcome = run_sweep(specs, RunStore(tmp_path, sweep.name), executor, poll_s=0)
+    assert outcome.ok and len(outcome.succeeded) == len(specs)
+    assert max(executor.in_use) == 3.0  # full, never over: a 2-GPU run beside a 1-GPU one
+    longest_first = sorted(specs, key=estimated_seconds, reverse=True)
+    assert executor.submitted == [s.run_id for s in longest_first]  # in order: none jumps the queue

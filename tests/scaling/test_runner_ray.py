@@ -194,3 +194,47 @@ def test_ctrl_c_stops_cleanly(sweep, signum):
         state = json.loads(status_path.read_text())["state"]
         has_result = (status_path.parent / "result.json").exists()
         assert state == ("succeeded" if has_result else "interrupted"), (status_path, state)
+
+
+def _tiered(path: Path, resources: dict) -> None:
+    """The sweep with AR alone (3 runs) and these resources."""
+    raw = yaml.safe_load(path.read_text())
+    raw["families"] = [{"family": "ar"}]
+    raw["resources"] = {**raw["resources"], **resources}
+    path.write_text(yaml.safe_dump(raw))
+
+
+def test_runs_of_one_sweep_are_placed_by_their_own_resources(sweep):
+    """resources.tiers: the largest models train on two workers (Ray Train, both CPUs of the local
+    Ray), the others on one; a two-worker run never shares the machine with another run."""
+    path, root, ray_tmp = sweep
+    _tiered(path, {"tiers": [{"min_n_params": 1.4e5, "workers": 2}]})
+    code, out, err = finish(start(path, ray_tmp))
+    assert code == 0, err
+    done = results(root)
+    assert len(done) == 3
+    workers = {r["spec"]["shape"]["d_model"]: r["world_size"] for r in done.values()}
+    assert workers == {16: 1, 24: 1, 32: 2}
+    spans = {run_id: json.loads((root / "runs" / run_id / "status.json").read_text())
+             for run_id in done}
+    for run_id, record in done.items():
+        if record["world_size"] != 2:
+            continue
+        mine = spans[run_id]
+        overlapping = [other for other, span in spans.items() if other != run_id
+                       and span["started_at"] < mine["finished_at"] and mine["started_at"] < span["finished_at"]]
+        assert not overlapping, f"{run_id} (2 workers, 2 CPUs) overlapped {overlapping}"
+    assert not ray_processes(ray_tmp)
+
+
+def test_a_run_larger_than_the_machine_is_one_line(sweep):
+    """A run asking for a GPU on a Ray of our own without one would wait forever: refused in one
+    line naming it, before anything trains, and Ray is shut down."""
+    path, root, ray_tmp = sweep
+    _tiered(path, {"tiers": [{"min_n_params": 1.4e5, "gpus_per_worker": 1}]})
+    code, out, err = finish(start(path, ray_tmp))
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "asks for 1 CPU, 1 GPU (1 worker(s) x 1 CPU, 1 GPU) and this Ray has" in err
+    assert "0 GPU; lower resources (or the tier that sets them)" in err
+    assert not results(root) and not ray_processes(ray_tmp)
