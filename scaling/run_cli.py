@@ -165,9 +165,10 @@ def run_status(args: argparse.Namespace) -> int:
     store = RunStore(sweep.output_dir, sweep.name)
     driver = store.driver()
     rows = []
+    snapshot = store.snapshot([spec.run_id for spec in plan.runs])
     for spec in plan.runs:
-        state = store.state(spec.run_id)
-        result = store.read_result(spec.run_id) or {}
+        state, result = snapshot[spec.run_id]
+        result = result or {}
         val = result.get("val_loss")
         wall = result.get("wall_seconds")
         # "running" with no driver holding the sweep: its driver died mid-run (kill -9, a crash)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Protocol
 
 from scaling.runspec import RunSpec
-from scaling.store import RunStore
+from scaling.store import RunState, RunStore
 
 # Cost model for longest-first ordering: seconds ~ steps x per-step overhead + FLOPs / throughput.
 # Rough CPU figures (one thread); only the order matters, not the values.
@@ -100,7 +100,10 @@ def estimated_seconds(spec: RunSpec) -> float:
 
 def decide(store: RunStore, spec: RunSpec) -> Decision:
     """What a run needs, and why: the result record decides 'done', a checkpoint 'resume'."""
-    state = store.state(spec.run_id)
+    return decision(spec, store.state(spec.run_id))
+
+
+def decision(spec: RunSpec, state: RunState) -> Decision:
     if state.has_result:
         return Decision(spec, "skip", "result.json present")
     if state.has_checkpoint:
@@ -113,7 +116,8 @@ def decide(store: RunStore, spec: RunSpec) -> Decision:
 
 
 def plan_actions(store: RunStore, specs: list[RunSpec]) -> list[Decision]:
-    return [decide(store, spec) for spec in specs]
+    snapshot = store.snapshot([spec.run_id for spec in specs])
+    return [decision(spec, snapshot[spec.run_id][0]) for spec in specs]
 
 
 class Progress(Protocol):

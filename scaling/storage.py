@@ -151,6 +151,27 @@ class RemotePath:
                                            _is_dir=entry.get("type") == "directory"))
         return iter(children)
 
+    def find_relative(self) -> set[str]:
+        """Every file under this folder, as paths relative to it (one listing, paged)."""
+        self._fresh()
+        try:
+            found = self.fs.find(self.path)
+        except FileNotFoundError:
+            return set()
+        return {path[len(self.path):].lstrip("/") for path in found}
+
+    def read_many(self, relative: list[str]) -> dict[str, bytes]:
+        """The files at these relative paths, fetched as one batch (concurrently on object
+        stores); a missing one is left out."""
+        if not relative:
+            return {}
+        self._fresh()
+        full = [f"{self.path}/{name}" for name in relative]
+        blobs = self.fs.cat(full, on_error="omit")
+        by_path = {self.fs._strip_protocol(path).rstrip("/"): blob for path, blob in blobs.items()}
+        return {name: by_path[self.fs._strip_protocol(path)] for name, path in zip(relative, full)
+                if self.fs._strip_protocol(path) in by_path}
+
     # -- writes -----------------------------------------------------------------------------
     def mkdir(self, parents: bool = True, exist_ok: bool = True) -> None:
         self.fs.makedirs(self.path, exist_ok=True)  # object stores have no folders: a no-op there

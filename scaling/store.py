@@ -78,6 +78,22 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _parse_json(blob: bytes | None) -> dict[str, Any] | None:
+    try:
+        return json.loads(blob) if blob is not None else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # as read_json: a torn record is a missing one
+
+
+def run_state(run_id: str, status: dict[str, Any], has_result: bool, has_checkpoint: bool) -> "RunState":
+    """A run's state from its records: result.json decides success, whatever status.json says."""
+    state = "succeeded" if has_result else status.get("state", "pending")
+    if state == "succeeded" and not has_result:
+        state = "failed"  # a success without its record is not a success
+    return RunState(run_id, state, int(status.get("attempts", 0)), status.get("error"),
+                    has_result, has_checkpoint)
+
+
 @dataclass(frozen=True)
 class RunState:
     run_id: str
@@ -130,13 +146,26 @@ class RunStore:
         return ckpt.is_dir() and any(ckpt.iterdir())
 
     def state(self, run_id: str) -> RunState:
-        status = self.read_status(run_id)
-        has_result = self.read_result(run_id) is not None
-        state = "succeeded" if has_result else status.get("state", "pending")
-        if state == "succeeded" and not has_result:
-            state = "failed"  # a success without its record is not a success
-        return RunState(run_id, state, int(status.get("attempts", 0)), status.get("error"),
-                        has_result, self.has_checkpoint(run_id))
+        return run_state(run_id, self.read_status(run_id), self.read_result(run_id) is not None,
+                         self.has_checkpoint(run_id))
+
+    def snapshot(self, run_ids: list[str]) -> dict[str, tuple[RunState, dict[str, Any] | None]]:
+        """Each run's state and result record. At a URL, one listing of runs/ and one batch of
+        reads, which fsspec fetches concurrently from an object store, instead of four requests
+        per run, one after the other (a 225-run sweep on S3: `scaling status` in seconds)."""
+        if not isinstance(self.runs_dir, RemotePath):
+            return {rid: (self.state(rid), self.read_result(rid)) for rid in run_ids}
+        files = self.runs_dir.find_relative()
+        with_checkpoint = {f.split("/", 1)[0] for f in files if f.split("/")[1:2] == ["checkpoints"]}
+        wanted = [f"{rid}/{name}" for rid in run_ids for name in ("status.json", "result.json")
+                  if f"{rid}/{name}" in files]
+        blobs = self.runs_dir.read_many(wanted)
+        snapshot = {}
+        for rid in run_ids:
+            status = _parse_json(blobs.get(f"{rid}/status.json")) or {"state": "pending", "attempts": 0}
+            result = _parse_json(blobs.get(f"{rid}/result.json"))
+            snapshot[rid] = (run_state(rid, status, result is not None, rid in with_checkpoint), result)
+        return snapshot
 
     def known_run_ids(self) -> list[str]:
         if not self.runs_dir.is_dir():
@@ -222,7 +251,8 @@ class RunStore:
         """results.parquet + results.csv from the result records of the plan's succeeded runs."""
         import pandas as pd
 
-        rows = [results_row(rec) for spec in specs if (rec := self.read_result(spec.run_id))]
+        snapshot = self.snapshot([spec.run_id for spec in specs])
+        rows = [results_row(rec) for spec in specs if (rec := snapshot[spec.run_id][1])]
         if not rows:
             return None
         frame = pd.DataFrame(rows).sort_values(["family", "flops_budget", "n_params"])

@@ -24,7 +24,7 @@ import yaml
 
 from scaling.errors import UserError
 from scaling.storage import RemotePath, is_url, location
-from scaling.store import RunStore
+from scaling.store import RunStore, write_atomic
 from tests.scaling.test_runner_ray import REPO, SCALING, finish, wait_for
 
 
@@ -85,6 +85,25 @@ def test_a_driver_lock_for_a_url_lives_on_this_machine(memory_root, tmp_path, mo
             with RunStore(memory_root, "demo").driving():
                 pass
     assert store.driver() is None
+
+
+@pytest.mark.parametrize("where", ["memory", "local"])
+def test_a_snapshot_reads_the_same_states_as_one_run_at_a_time(memory_root, tmp_path, where):
+    """RunStore.snapshot (one listing and one batch of reads at a URL) against RunStore.state."""
+    store = RunStore(memory_root if where == "memory" else tmp_path, "demo")
+    store.write_status("done", "succeeded", attempts=1)
+    write_atomic(store.run_dir("done") / "result.json", json.dumps(_record("done", 3.5)))
+    store.write_status("failed", "failed", attempts=2, error="boom")
+    store.write_status("resumable", "interrupted", attempts=1)
+    write_atomic(store.run_dir("resumable") / "checkpoints" / "step00000010" / "shard.pt", b"x")
+    store.write_status("torn", "succeeded", attempts=1)
+    write_atomic(store.run_dir("torn") / "result.json", '{"val_loss": 3.')  # a success without its record
+    ids = ["done", "failed", "resumable", "torn", "never-started"]
+    snapshot = store.snapshot(ids)
+    assert {rid: snapshot[rid][0] for rid in ids} == {rid: store.state(rid) for rid in ids}
+    assert [snapshot[rid][0].state for rid in ids] == ["succeeded", "failed", "interrupted", "failed", "pending"]
+    assert snapshot["resumable"][0].has_checkpoint and snapshot["failed"][0].error == "boom"
+    assert snapshot["done"][1]["val_loss"] == 3.5 and snapshot["torn"][1] is None
 
 
 @pytest.mark.skipif(importlib.util.find_spec("s3fs") is not None, reason="s3fs is installed here")
