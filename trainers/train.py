@@ -26,6 +26,7 @@ import contextlib
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,6 +210,10 @@ def _build_engine(ctx: _Context, model):
     config = build_deepspeed_config(ctx.spec.recipe, ctx.spec.resources, ctx.plan, ctx.precision)
     ctx.resume_plan = plan_resume(ctx.ckpt_root, ctx.spec.resources.zero_stage, ctx.proc.world_size)
     if ctx.resume_plan is not None and ctx.resume_plan.universal:
+        if ctx.proc.is_main:
+            print(f"resuming at step {ctx.resume_plan.step} on {ctx.proc.world_size} worker(s), ZeRO "
+                  f"stage {ctx.spec.resources.zero_stage}, from a checkpoint of another worker count: "
+                  "through DeepSpeed's universal checkpoint format", file=sys.stderr)
         universal_copy(ctx.ckpt_root, ctx.resume_plan.tag)
         config = with_universal_loading(config)  # another worker count or ZeRO stage (checkpoint.py)
     engine, optimizer = initialize_engine(ctx.deepspeed, model, ctx.spec.recipe, config, ctx.proc.device)
