@@ -10,8 +10,8 @@ moments that matter:
                      checkpoints/latest.json, so the store's pointer only ever names a checkpoint
                      whose files are all there (a kill mid-push resumes from the previous one);
     push_final       after training: model/, metrics.jsonl, spec.json and the worker logs (every
-                     attempt's, from whichever node: LogHistory), then result.json last (present = finished, as in a local store), then the store's
-                     checkpoints are removed.
+                     attempt's, from whichever node: LogHistory), then result.json last (present =
+                     finished, as in a local store), then the store's checkpoints are removed.
 
 Multi-worker runs (scaling/multiworker.py): each rank has a scratch folder of its own (ranks on
 one node, or two Ray nodes on one machine, never share one), pushes the checkpoint files it wrote
@@ -91,8 +91,11 @@ class LogHistory:
             earlier = (remote / log.name).read_bytes()
         except FileNotFoundError:
             earlier = b""
-        pushed = log.with_name(log.name + PUSHED_SUFFIX)
-        return cls(earlier, int(pushed.read_text()) if pushed.exists() else 0)
+        try:
+            start = int(log.with_name(log.name + PUSHED_SUFFIX).read_text())
+        except (FileNotFoundError, ValueError):  # nothing pushed from here yet (or a torn count)
+            start = 0
+        return cls(earlier, start)
 
 
 def pull(remote: RemotePath, local: Path) -> None:
