@@ -117,8 +117,7 @@ class RayExecutor:
         total = self.ray.cluster_resources()
         for spec in specs:
             need = resource_need(spec)
-            short = {name: amount for name, amount in need.items() if amount > total.get(name, 0.0) + 1e-9}
-            if not short:
+            if all(amount <= total.get(name, 0.0) + 1e-9 for name, amount in need.items()):
                 continue
             res = spec.resources
             asked = ", ".join(f"{amount:g} {name}" for name, amount in need.items())

@@ -166,11 +166,10 @@ class RemotePath:
         if not relative:
             return {}
         self._fresh()
-        full = [f"{self.path}/{name}" for name in relative]
-        blobs = self.fs.cat(full, on_error="omit")
+        full = [self.fs._strip_protocol(f"{self.path}/{name}") for name in relative]
+        blobs = self.fs.cat(full, on_error="omit")  # keyed as the backend names the paths
         by_path = {self.fs._strip_protocol(path).rstrip("/"): blob for path, blob in blobs.items()}
-        return {name: by_path[self.fs._strip_protocol(path)] for name, path in zip(relative, full)
-                if self.fs._strip_protocol(path) in by_path}
+        return {name: by_path[path] for name, path in zip(relative, full) if path in by_path}
 
     # -- writes -----------------------------------------------------------------------------
     def mkdir(self, parents: bool = True, exist_ok: bool = True) -> None:

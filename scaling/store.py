@@ -154,7 +154,12 @@ class RunStore:
         reads, which fsspec fetches concurrently from an object store, instead of four requests
         per run, one after the other (a 225-run sweep on S3: `scaling status` in seconds)."""
         if not isinstance(self.runs_dir, RemotePath):
-            return {rid: (self.state(rid), self.read_result(rid)) for rid in run_ids}
+            snapshot = {}
+            for rid in run_ids:
+                result = self.read_result(rid)  # once: state() would read it again
+                snapshot[rid] = (run_state(rid, self.read_status(rid), result is not None,
+                                           self.has_checkpoint(rid)), result)
+            return snapshot
         files = self.runs_dir.find_relative()
         with_checkpoint = {f.split("/", 1)[0] for f in files if f.split("/")[1:2] == ["checkpoints"]}
         wanted = [f"{rid}/{name}" for rid in run_ids for name in ("status.json", "result.json")

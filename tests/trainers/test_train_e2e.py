@@ -63,13 +63,25 @@ def make_spec(family: str = "mdlm", *, steps: int = 40, **kwargs) -> RunSpec:
     return spec
 
 
-def start_train(spec: RunSpec, out: Path, cache: Path) -> subprocess.Popen:
-    spec_path = out.with_name(out.name + ".spec.json")
+def one_worker_command(spec: RunSpec, spec_path: Path, out: Path, cache: Path) -> list[str]:
     spec_path.write_text(spec.to_json())
-    cmd = [sys.executable, "-m", "trainers.train", "--spec", str(spec_path), "--out", str(out),
-           "--cache-dir", str(cache), "--no-progress"]
+    return [sys.executable, "-m", "trainers.train", "--spec", str(spec_path), "--out", str(out),
+            "--cache-dir", str(cache), "--no-progress"]
+
+
+def start_train(spec: RunSpec, out: Path, cache: Path) -> subprocess.Popen:
+    cmd = one_worker_command(spec, out.with_name(out.name + ".spec.json"), out, cache)
     return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, root: Path) -> None:
+    """Until `root` (a run folder or store) has a checkpoint pointer; fails if the run ends first."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not (root / "checkpoints" / "latest.json").exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
 
 
 def train(spec: RunSpec, out: Path, cache: Path, *, expect_rc: int = 0) -> tuple[str, str]:
@@ -291,11 +303,7 @@ def test_two_workers_resume_from_a_url_store_on_fresh_scratch(cache, tmp_path):
     cmd = two_workers_command(spec, spec_path, f"file://{store}", cache)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while not (store / "checkpoints" / "latest.json").exists():
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    wait_for_checkpoint(proc, store)
     kill_tree(proc)
     assert not (store / "result.json").exists(), "the run finished before it could be killed"
     assert len(list(scratch.iterdir())) == 2  # one scratch folder per rank
@@ -313,11 +321,8 @@ def test_two_workers_resume_from_a_url_store_on_fresh_scratch(cache, tmp_path):
 
 
 def training_command(spec: RunSpec, spec_path: Path, out: Path, cache: Path, workers: int) -> list[str]:
-    if workers == 2:
-        return two_workers_command(spec, spec_path, out, cache)
-    spec_path.write_text(spec.to_json())
-    return [sys.executable, "-m", "trainers.train", "--spec", str(spec_path), "--out", str(out),
-            "--cache-dir", str(cache), "--no-progress"]
+    command = two_workers_command if workers == 2 else one_worker_command
+    return command(spec, spec_path, out, cache)
 
 
 @pytest.mark.slow  # three runs, two of them with two processes: ~50 s
@@ -338,11 +343,7 @@ def test_a_run_resumes_with_another_worker_count(cache, tmp_path, zero_stage, wo
     proc = subprocess.Popen(training_command(spec(workers_before), tmp_path / "before.json", run, cache,
                                              workers_before),
                             cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while not (run / "checkpoints" / "latest.json").exists():
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    wait_for_checkpoint(proc, run)
     kill_tree(proc)
     assert not (run / "result.json").exists(), "the run finished before it could be killed"
 
