@@ -4,8 +4,9 @@ DeepSpeed checkpoints, save_pretrained and the loss curve write to local files, 
 resume on whichever node Ray gives its next attempt, so the store is kept up to date at the three
 moments that matter:
 
-    pull             before training: the store's spec.json, metrics.jsonl and result.json, and its
-                     newest complete checkpoint, replace whatever scratch held;
+    pull             before training: the store's spec.json, metrics.jsonl and result.json replace
+                     whatever scratch held, and its newest complete checkpoint is downloaded once
+                     per node (`pull_checkpoint`) into a folder the node's ranks resume from;
     push_checkpoint  after each checkpoint: the checkpoint's files, then the loss curve, then
                      checkpoints/latest.json, so the store's pointer only ever names a checkpoint
                      whose files are all there (a kill mid-push resumes from the previous one);
@@ -14,17 +15,27 @@ moments that matter:
                      finished, as in a local store), then the store's checkpoints are removed.
 
 Multi-worker runs (scaling/multiworker.py): each rank has a scratch folder of its own (ranks on
-one node, or two Ray nodes on one machine, never share one), pushes the checkpoint files it wrote
-and pulls the whole checkpoint; a barrier separates the pushes from the pointer, which global rank
-0 alone writes (latest.json, result.json). A local run directory skips all of this: the trainer
-writes in place.
+one node, or two Ray nodes on one machine, never share one) and pushes the checkpoint files it
+wrote; a barrier separates the pushes from the pointer, which global rank 0 alone writes
+(latest.json, result.json). Every rank reads the whole checkpoint when it resumes (DeepSpeed's
+ZeRO-1/2 load reads every rank's optimizer shard), so the ranks of a node share one download of
+it, `<run>.checkpoint/` beside their scratch folders: the first to take its lock downloads, the
+others find it done. A universal conversion (another worker count: trainers/checkpoint.py) lands
+there too, so it also runs once per node. The copy is dropped at the attempt's first checkpoint
+(every rank has loaded by then) and when the attempt ends. Checkpoint tags the store's pointer
+has named are never rewritten (a resumed run saves only later steps), so a copy left by a killed
+attempt is reused when it is still the newest. A local run directory skips all of this: the
+trainer writes in place.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +45,8 @@ from trainers.records import CHECKPOINT_DIR, METRICS_FILE, MODEL_DIR, RESULT_FIL
 
 SCRATCH_ENV = "SCALING_SCRATCH_DIR"  # where runs of URL stores train on this node
 PUSHED_SUFFIX = ".pushed"  # beside a scratch log: how many of its bytes are in the store's copy
+PULLED_SUFFIX = ".checkpoint"  # beside the ranks' scratch folders: the node's copy of the checkpoint
+PULLED_TAG = "pulled"  # written last into that copy: the tag whose download finished
 
 
 def scratch_dir(run_dir: str | Path) -> Path:
@@ -42,9 +55,19 @@ def scratch_dir(run_dir: str | Path) -> Path:
     the rank."""
     if not is_url(run_dir):
         return Path(run_dir)
+    rank = _rank()
+    return _node_scratch(run_dir, f"-rank{rank}" if rank else "")
+
+
+def pulled_dir(run_dir: str | Path) -> Path:
+    """This node's copy of a URL run's newest stored checkpoint, shared by its ranks here."""
+    return _node_scratch(run_dir, PULLED_SUFFIX)
+
+
+def _node_scratch(run_dir: str | Path, suffix: str) -> Path:
     root = Path(os.environ.get(SCRATCH_ENV) or local_state_dir() / "scratch")
-    url, rank = str(run_dir).rstrip("/"), _rank()
-    return root / (f"{url.rsplit('/', 1)[-1]}-{url_key(url)}" + (f"-rank{rank}" if rank else ""))
+    url = str(run_dir).rstrip("/")
+    return root / f"{url.rsplit('/', 1)[-1]}-{url_key(url)}{suffix}"
 
 
 def default_data_cache() -> Path:
@@ -98,8 +121,9 @@ class LogHistory:
         return cls(earlier, start)
 
 
-def pull(remote: RemotePath, local: Path) -> None:
-    """Make scratch hold what the store holds for this run (see the module docstring)."""
+def pull(remote: RemotePath, local: Path, shared: Path) -> Path | None:
+    """Make scratch hold what the store holds for this run, and `shared` (this node's copy) its
+    newest checkpoint; the checkpoint folder to resume from, or None (module docstring)."""
     local.mkdir(parents=True, exist_ok=True)
     _clear(local, (MODEL_DIR, CHECKPOINT_DIR, RESULT_FILE, METRICS_FILE))
     for name in (SPEC_FILE, RESULT_FILE, METRICS_FILE):
@@ -107,10 +131,35 @@ def pull(remote: RemotePath, local: Path) -> None:
             (remote / name).download(local / name)
     pointer = remote / CHECKPOINT_DIR / LATEST
     if (local / RESULT_FILE).exists() or not pointer.exists():
-        return
-    tag = json.loads(pointer.read_text())["tag"]
-    (remote / CHECKPOINT_DIR / tag).download(local / CHECKPOINT_DIR / tag)
-    pointer.download(local / CHECKPOINT_DIR / LATEST)
+        return None
+    return pull_checkpoint(remote, json.loads(pointer.read_text()), shared)
+
+
+def pull_checkpoint(remote: RemotePath, info: dict, shared: Path) -> Path:
+    """`shared` holding the store's checkpoint info["tag"] and a latest.json naming it: downloaded
+    by the first rank of this node to take the lock, found done by the others."""
+    tag = info["tag"]
+    shared.parent.mkdir(parents=True, exist_ok=True)
+    with open(shared.with_name(shared.name + ".lock"), "w") as lock:  # never deleted: see drop_pulled
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = shared / PULLED_TAG
+        if done.is_file() and done.read_text() == tag:
+            return shared
+        shutil.rmtree(shared, ignore_errors=True)  # an older tag, or a download killed midway
+        started = time.perf_counter()
+        (remote / CHECKPOINT_DIR / tag).download(shared / tag)
+        (shared / LATEST).write_text(json.dumps({"tag": tag, "step": info["step"]}))
+        done.write_text(tag)
+        size_mib = sum(f.stat().st_size for f in (shared / tag).rglob("*") if f.is_file()) / 2**20
+        print(f"pulled checkpoint {tag} from the store for this node's ranks: {size_mib:.1f} MiB "
+              f"in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return shared
+
+
+def drop_pulled(shared: Path) -> None:
+    """Remove this node's copy once every rank has loaded it. Its lock file stays (empty): a lock
+    file unlinked while another process waits on it would let two processes hold the lock."""
+    shutil.rmtree(shared, ignore_errors=True)
 
 
 def push_checkpoint(remote: RemotePath, local: Path, step: int, is_main: bool) -> None:
@@ -171,15 +220,22 @@ def train_staged(spec, run_dir: str | Path, *, progress: bool, cache_root: Path 
 
     if not is_url(run_dir):
         return train_run(spec, Path(run_dir), progress=progress, cache_root=cache_root)
-    remote, local = RemotePath(str(run_dir)), scratch_dir(run_dir)
-    pull(remote, local)
+    remote, local, shared = RemotePath(str(run_dir)), scratch_dir(run_dir), pulled_dir(run_dir)
+    resume_root = pull(remote, local, shared)
     logs = LogHistory.at_attempt_start(remote, local)
+
+    def on_checkpoint(step: int, is_main: bool) -> None:
+        push_checkpoint(remote, local, step, is_main)
+        drop_pulled(shared)  # superseded, and every rank has loaded it (it trained since)
+
     try:
         result = train_run(spec, local, progress=progress, cache_root=cache_root or default_data_cache(),
-                           on_checkpoint=lambda step, is_main: push_checkpoint(remote, local, step, is_main))
+                           on_checkpoint=on_checkpoint, resume_root=resume_root)
     except BaseException:
         push_logs(remote, local, logs)  # the failed attempt's log beside its status.json, as locally
         raise
+    finally:
+        drop_pulled(shared)
     push_final(remote, local, _rank(), logs)
     return result
 
@@ -187,8 +243,6 @@ def train_staged(spec, run_dir: str | Path, *, progress: bool, cache_root: Path 
 def push_logs(remote: RemotePath, local: Path, history: LogHistory = LogHistory()) -> None:
     """The store's log: the earlier attempts', then this one's. Best effort (a store that cannot be
     reached must not hide the run's own error)."""
-    import sys
-
     sys.stdout.flush()
     sys.stderr.flush()
     log = local / worker_file(_rank(), "log")

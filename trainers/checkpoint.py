@@ -30,6 +30,7 @@ import fcntl
 import json
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,10 +151,13 @@ def universal_copy(root: Path, tag: str) -> Path:
             return target
         shutil.rmtree(target, ignore_errors=True)  # a conversion killed midway
         args = _converter_args(input_folder=str(root / tag), output_folder=str(target))
+        started = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):
             ds_to_universal.main(args)
         (root / "latest_universal").unlink(missing_ok=True)  # the converter's pointer; ours is latest.json
         (target / _DONE).write_text(tag)
+        print(f"converted checkpoint {tag} to DeepSpeed's universal format in "
+              f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
     return target
 
 

@@ -96,18 +96,21 @@ def _check_existing(run_dir: Path, spec: RunSpec) -> dict | None:
 
 def train_run(spec: RunSpec, run_dir: Path, *, progress: bool = True,
               cache_root: Path | None = None,
-              on_checkpoint: Callable[[int, bool], None] | None = None) -> dict:
+              on_checkpoint: Callable[[int, bool], None] | None = None,
+              resume_root: Path | None = None) -> dict:
     """Train `spec` into `run_dir` (resuming from its newest checkpoint) and return the result record.
 
     on_checkpoint(step, is_main) runs on every rank after each checkpoint is saved (a run store at
-    a URL pushes it there: scaling/staging.py)."""
+    a URL pushes it there: scaling/staging.py). resume_root, when given, is the checkpoint folder
+    to resume from instead of run_dir's own (a URL store's checkpoint, downloaded once per node and
+    read by every rank there); new checkpoints still go to run_dir."""
     setup = SetupTimes(process_start_time(), time.time())
     run_dir = Path(run_dir)
     existing = _check_existing(run_dir, spec)
     if existing is not None:
         return existing
     ctx = _prepare(spec, run_dir, setup, Path(cache_root or DEFAULT_CACHE))
-    ctx.on_checkpoint = on_checkpoint
+    ctx.on_checkpoint, ctx.resume_root = on_checkpoint, Path(resume_root or ctx.ckpt_root)
     family, model = _build_model(ctx)
     engine, optimizer = _build_engine(ctx, model)
     state = _resume(ctx, engine)
@@ -132,6 +135,7 @@ class _Context:
     deepspeed: Any = None
     resume_plan: Any = None  # trainers.checkpoint.ResumePlan, once the engine is configured
     on_checkpoint: Callable[[int, bool], None] | None = None
+    resume_root: Path | None = None  # where the checkpoint to resume from is (train_run)
 
     @property
     def ckpt_root(self) -> Path:
@@ -208,13 +212,13 @@ def _build_engine(ctx: _Context, model):
     ctx.setup.deepspeed_import_s = time.perf_counter() - t
     t = time.perf_counter()
     config = build_deepspeed_config(ctx.spec.recipe, ctx.spec.resources, ctx.plan, ctx.precision)
-    ctx.resume_plan = plan_resume(ctx.ckpt_root, ctx.spec.resources.zero_stage, ctx.proc.world_size)
+    ctx.resume_plan = plan_resume(ctx.resume_root, ctx.spec.resources.zero_stage, ctx.proc.world_size)
     if ctx.resume_plan is not None and ctx.resume_plan.universal:
         if ctx.proc.is_main:
             print(f"resuming at step {ctx.resume_plan.step} on {ctx.proc.world_size} worker(s), ZeRO "
                   f"stage {ctx.spec.resources.zero_stage}, from a checkpoint of another worker count: "
                   "through DeepSpeed's universal checkpoint format", file=sys.stderr)
-        universal_copy(ctx.ckpt_root, ctx.resume_plan.tag)
+        universal_copy(ctx.resume_root, ctx.resume_plan.tag)
         config = with_universal_loading(config)  # another worker count or ZeRO stage (checkpoint.py)
     engine, optimizer = initialize_engine(ctx.deepspeed, model, ctx.spec.recipe, config, ctx.proc.device)
     ctx.setup.engine_init_s = time.perf_counter() - t
@@ -239,9 +243,9 @@ def _resume(ctx: _Context, engine):
     from trainers.engine import LoopState
 
     t = time.perf_counter()
-    client_state = load_checkpoint(engine, ctx.ckpt_root, ctx.resume_plan)
+    client_state = load_checkpoint(engine, ctx.resume_root, ctx.resume_plan)
     if client_state and client_state.get("config_hash") != ctx.spec.config_hash:
-        raise UserError(f"{ctx.ckpt_root} holds checkpoints of another run; give an empty --out "
+        raise UserError(f"{ctx.resume_root} holds checkpoints of another run; give an empty --out "
                         "directory or delete it")
     ctx.setup.resume_s = time.perf_counter() - t
     return LoopState.from_client_state(client_state) if client_state else LoopState()

@@ -149,9 +149,11 @@ def test_checkpoints_go_to_the_store_pointer_last_and_come_back(tmp_path):
 
     elsewhere = tmp_path / "other-node"  # a retry on another node, with stale files of its own
     _checkpoint(elsewhere, 40, files=("stale.pt",))
-    pull(remote, elsewhere)
-    assert sorted(p.name for p in (elsewhere / "checkpoints").iterdir()) == ["latest.json", "step00000030"]
-    assert (elsewhere / "checkpoints" / "step00000030" / "optim.pt").read_text() == "optim.pt at 30"
+    shared = tmp_path / "other-node.checkpoint"
+    assert pull(remote, elsewhere, shared) == shared
+    assert not (elsewhere / "checkpoints").exists()  # the ranks resume from the node's copy
+    assert sorted(p.name for p in shared.iterdir()) == ["latest.json", "pulled", "step00000030"]
+    assert (shared / "step00000030" / "optim.pt").read_text() == "optim.pt at 30"
 
     for name, text in (("result.json", '{"val_loss": 1.0}'), ("worker.log", "log"), ("spec.json", "{}")):
         (local / name).write_text(text)
@@ -162,8 +164,41 @@ def test_checkpoints_go_to_the_store_pointer_last_and_come_back(tmp_path):
     assert (remote / "model" / "model.safetensors").read_text() == "weights"
     assert json.loads((remote / "result.json").read_text()) == {"val_loss": 1.0}
     assert sorted(p.name for p in local.iterdir()) == ["worker.log", "worker.log.pushed"]  # the log only
-    pull(remote, elsewhere)  # a finished run: its record, no checkpoint
+    assert pull(remote, elsewhere, shared) is None  # a finished run: its record, no checkpoint
     assert (elsewhere / "result.json").exists() and not (elsewhere / "checkpoints").exists()
+
+
+def test_the_ranks_of_a_node_download_a_checkpoint_once(tmp_path, monkeypatch):
+    """Every rank reads the whole checkpoint when it resumes, so the ranks of a node share one
+    download (scaling/staging.py); a copy of an older tag, or one whose download was cut off, is
+    replaced; a universal conversion there would run once too (trainers/checkpoint.py locks it)."""
+    from scaling.staging import pull, push_checkpoint
+    from scaling.storage import RemotePath
+
+    remote = location(f"file://{tmp_path}/store/run")
+    writer = tmp_path / "writer"
+    for step in (10, 20):
+        _checkpoint(writer, step)
+        push_checkpoint(remote, writer, step, is_main=True)
+    downloads = []
+    real_download = RemotePath.download
+    monkeypatch.setattr(RemotePath, "download", lambda self, local: (downloads.append(self.name),
+                                                                      real_download(self, local)))
+    shared = tmp_path / "node.checkpoint"
+    for rank in range(4):  # four ranks on one node, each with its own scratch folder
+        assert pull(remote, tmp_path / f"rank{rank}", shared) == shared
+    assert downloads.count("step00000020") == 1
+    assert sorted(p.name for p in (shared / "step00000020").iterdir()) == ["model.pt", "optim.pt"]
+
+    (shared / "pulled").unlink()  # a download killed midway: no marker
+    (shared / "step00000020" / "optim.pt").unlink()
+    pull(remote, tmp_path / "rank0", shared)
+    assert downloads.count("step00000020") == 2 and (shared / "step00000020" / "optim.pt").is_file()
+
+    _checkpoint(writer, 30)
+    push_checkpoint(remote, writer, 30, is_main=True)
+    pull(remote, tmp_path / "rank0", shared)  # a newer checkpoint: the older copy goes
+    assert sorted(p.name for p in shared.iterdir()) == ["latest.json", "pulled", "step00000030"]
 
 
 def test_the_stores_log_keeps_every_attempt_on_every_node(memory_root, tmp_path, monkeypatch):
@@ -207,13 +242,16 @@ def test_a_failed_attempt_leaves_its_log_in_the_store(tmp_path, monkeypatch):
     """The error and traceback go to status.json through the runner; the log goes beside it, as
     in a local store (the trainer is replaced by one that fails, to test the staging alone)."""
     import trainers.train
-    from scaling.staging import scratch_dir, train_staged
+    from scaling.staging import pulled_dir, scratch_dir, train_staged
 
     monkeypatch.setenv("SCALING_SCRATCH_DIR", str(tmp_path / "scratch"))
     url = f"file://{tmp_path}/store/runs/r1"
 
+    _checkpoint(tmp_path / "store" / "runs" / "r1", 10)  # the store holds a checkpoint to resume from
+
     def failing_run(spec, run_dir, **kwargs):
         (run_dir / "worker.log").write_text("step 10: loss nan\n")
+        assert (kwargs["resume_root"] / "step00000010" / "model.pt").is_file()
         raise RuntimeError("loss became nan at step 10")
 
     monkeypatch.setattr(trainers.train, "train_run", failing_run)
@@ -221,6 +259,7 @@ def test_a_failed_attempt_leaves_its_log_in_the_store(tmp_path, monkeypatch):
         train_staged(None, url, progress=False, cache_root=None)
     assert scratch_dir(url).is_relative_to(tmp_path / "scratch")
     assert (location(url) / "worker.log").read_text() == "step 10: loss nan\n"
+    assert not pulled_dir(url).exists()  # the node's copy of the checkpoint goes with the attempt
 
 
 # ---------------------------------------------------------------- end to end, real Ray + DeepSpeed
@@ -280,8 +319,10 @@ def test_a_sweep_into_a_url_store_resumes_from_the_store(url_sweep, tmp_path):
     assert len(records) == 6 and len(pd.read_parquet(root / "results.parquet")) == 6
     status = json.loads((root / "runs" / run_id / "status.json").read_text())
     assert status["state"] == "succeeded" and status["attempts"] == 2
-    # the retry's pull replaced scratch with the store's newest checkpoint (scaling/staging.py)
+    # the retry resumed from the store's newest checkpoint, downloaded into the node's copy, which
+    # went once the retry saved a checkpoint of its own (scaling/staging.py)
     assert records[run_id]["resumed_from_step"] > 0
+    assert not [p for p in scratch.glob("*.checkpoint") if p.is_dir()]
     for run_dir in root.glob("runs/*"):
         assert (run_dir / "model" / "model.safetensors").is_file() and (run_dir / "worker.log").is_file()
         assert not (run_dir / "checkpoints").exists()  # removed once the run finished

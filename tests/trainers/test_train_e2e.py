@@ -63,7 +63,7 @@ def make_spec(family: str = "mdlm", *, steps: int = 40, **kwargs) -> RunSpec:
     return spec
 
 
-def one_worker_command(spec: RunSpec, spec_path: Path, out: Path, cache: Path) -> list[str]:
+def one_worker_command(spec: RunSpec, spec_path: Path, out: Path | str, cache: Path) -> list[str]:
     spec_path.write_text(spec.to_json())
     return [sys.executable, "-m", "trainers.train", "--spec", str(spec_path), "--out", str(out),
             "--cache-dir", str(cache), "--no-progress"]
@@ -317,48 +317,59 @@ def test_two_workers_resume_from_a_url_store_on_fresh_scratch(cache, tmp_path):
           f"{b['resumed_from_step']}), local uninterrupted {a['val_loss']!r}")
     assert b["world_size"] == 2 and b["resumed_from_step"] > 0
     assert abs(a["val_loss"] - b["val_loss"]) <= 1e-4
+    # both ranks read the whole checkpoint, downloaded once for the node (scaling/staging.py)
+    assert rerun.stderr.count("pulled checkpoint step") == 1, rerun.stderr[-3000:]
+    assert not [p for p in scratch.iterdir() if p.name.endswith(".checkpoint")]
     assert (store / "model" / "model.safetensors").is_file() and not (store / "checkpoints").exists()
 
 
-def training_command(spec: RunSpec, spec_path: Path, out: Path, cache: Path, workers: int) -> list[str]:
+def training_command(spec: RunSpec, spec_path: Path, out: Path | str, cache: Path, workers: int) -> list[str]:
     command = two_workers_command if workers == 2 else one_worker_command
     return command(spec, spec_path, out, cache)
 
 
 @pytest.mark.slow  # three runs, two of them with two processes: ~50 s
-@pytest.mark.parametrize("zero_stage, workers_before, workers_after", [(1, 2, 1), (3, 1, 2)])
+@pytest.mark.parametrize("zero_stage, workers_before, workers_after, url_store",
+                         [(1, 2, 1, False), (3, 1, 2, True)])
 def test_a_run_resumes_with_another_worker_count(cache, tmp_path, zero_stage, workers_before,
-                                                 workers_after):
+                                                 workers_after, url_store):
     """Resources are not part of a run's id, so a run killed on k workers may be resumed on another
     number (a cluster that shrank or grew). ZeRO's optimizer shards then load through DeepSpeed's
     universal checkpoint (trainers/checkpoint.py), and the run ends where an uninterrupted run on
     the new worker count ends: micro-batches of 4 sequences either way, so the two differ only in
-    how the gradients of a step are summed."""
+    how the gradients of a step are summed. Into a URL store, the two ranks of the resumed run
+    share one download and one conversion (scaling/staging.py)."""
     def spec(workers: int) -> RunSpec:  # one run id: resources are not hashed
         return make_spec("mdlm", steps=400, recipe={"micro_batch_seqs": 4, "checkpoint_every_steps": 50},
                          resources={"zero_stage": zero_stage, "workers": workers})
 
     assert spec(workers_before).run_id == spec(workers_after).run_id
-    run, whole = tmp_path / "run", tmp_path / "whole"
-    proc = subprocess.Popen(training_command(spec(workers_before), tmp_path / "before.json", run, cache,
+    run, whole, scratch = tmp_path / "run", tmp_path / "whole", tmp_path / "scratch"
+    out = f"file://{run}" if url_store else run
+    env = {**ENV, "SCALING_SCRATCH_DIR": str(scratch)}
+    proc = subprocess.Popen(training_command(spec(workers_before), tmp_path / "before.json", out, cache,
                                              workers_before),
-                            cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_checkpoint(proc, run)
     kill_tree(proc)
     assert not (run / "result.json").exists(), "the run finished before it could be killed"
 
-    for out, name in ((run, "after"), (whole, "whole")):
-        done = subprocess.run(training_command(spec(workers_after), tmp_path / f"{name}.json", out, cache,
-                                               workers_after),
-                              cwd=REPO, env=ENV, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    for target, name in ((out, "after"), (whole, "whole")):
+        done = subprocess.run(training_command(spec(workers_after), tmp_path / f"{name}.json", target,
+                                               cache, workers_after),
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
         assert done.returncode == 0, done.stderr[-3000:]
+        if name == "after":
+            assert done.stderr.count("converted checkpoint step") == 1, done.stderr[-3000:]
+            assert done.stderr.count("pulled checkpoint step") == (1 if url_store else 0)
     a, b = (json.loads((d / "result.json").read_text()) for d in (whole, run))
-    print(f"\nZeRO-{zero_stage}, {workers_before} -> {workers_after} workers: resumed from step "
-          f"{b['resumed_from_step']}, val_loss {b['val_loss']!r}; uninterrupted on {workers_after}: "
-          f"{a['val_loss']!r}")
+    print(f"\nZeRO-{zero_stage}, {workers_before} -> {workers_after} workers"
+          f"{', URL store' if url_store else ''}: resumed from step {b['resumed_from_step']}, "
+          f"val_loss {b['val_loss']!r}; uninterrupted on {workers_after}: {a['val_loss']!r}")
     assert b["resumed_from_step"] > 0 and b["world_size"] == workers_after
     assert b["val_loss"] == pytest.approx(a["val_loss"], abs=1e-5)  # as two workers vs accumulation
     assert not (run / "checkpoints").exists()  # the universal copy went with the checkpoints
+    assert not [p for p in scratch.glob("*.checkpoint")]  # and the node's copy of them
 
 
 # ---------------------------------------------------------------- divergence
