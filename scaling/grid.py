@@ -118,7 +118,8 @@ def to_runspec(sweep: Sweep, cell: Cell) -> RunSpec:
         n_params_total=flops.count_params(shape.n_layers, shape.d_model, vocab),
         tokens_per_param=cell.tokens_per_param, achieved_flops=cell.achieved_flops,
         recipe=sweep.recipe, data=sweep.data, evaluation=sweep.evaluation,
-        resources=sweep.resources.for_run(cell.n_params, cell.flops_budget), max_retries=sweep.max_retries)
+        resources=sweep.resources.for_run(cell.choice.label, cell.n_params, cell.flops_budget),
+        max_retries=sweep.max_retries)
 
 
 def expand(sweep: Sweep) -> GridPlan:

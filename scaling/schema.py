@@ -217,14 +217,21 @@ CompileChoice = Literal["auto", "blocks", "trunk"] | StrictBool
 AutoOrBool = Literal["auto"] | StrictBool
 
 
+# The keys of a tier that choose its runs; every other key sets what those runs get.
+TIER_SELECTORS = ("min_n_params", "min_flops_budget", "families")
+
+
 class ResourceTier(Strict):
-    """Other resources for the larger runs of a sweep (`resources.tiers`): a run whose non-embedding
-    parameters reach min_n_params and whose budget reaches min_flops_budget (the thresholds given)
-    takes the tier's values over the sweep's. So one sweep holds 1-GPU runs of its small models and
-    8-GPU runs of its large ones, each placed by its own resources."""
+    """Other resources for some runs of a sweep (`resources.tiers`): a run whose non-embedding
+    parameters reach min_n_params, whose budget reaches min_flops_budget and whose family label is
+    one of `families` (the selectors given) takes the tier's values over the sweep's. So one sweep
+    holds 1-GPU runs of its small models and 8-GPU runs of its large ones, or gives one family more
+    memory or workers, each run placed by its own resources."""
 
     min_n_params: Positive | None = None
     min_flops_budget: Positive | None = None
+    # Family labels as tables show them ('duo', 'mdlm-lowvar'); Sweep checks them against its own.
+    families: Annotated[list[str], Field(min_length=1)] | None = None
     cpus_per_worker: Positive | None = None
     gpus_per_worker: Annotated[float, Field(ge=0)] | None = None
     workers: PositiveInt | None = None
@@ -238,19 +245,21 @@ class ResourceTier(Strict):
 
     @model_validator(mode="after")
     def _meaningful(self) -> "ResourceTier":
-        if self.min_n_params is None and self.min_flops_budget is None:
-            raise ValueError("a tier needs min_n_params or min_flops_budget: the runs it applies to")
+        if all(getattr(self, key) is None for key in TIER_SELECTORS):
+            raise ValueError("a tier needs min_n_params, min_flops_budget or families: the runs it "
+                             "applies to")
         if not self.overrides():
             raise ValueError("a tier sets none of the resources; give e.g. workers or gpus_per_worker")
         return self
 
-    def applies(self, n_params: float, flops_budget: float) -> bool:
+    def applies(self, label: str, n_params: float, flops_budget: float) -> bool:
+        """Whether a run (family label, non-embedding parameters, budget) meets every selector given."""
         return ((self.min_n_params is None or n_params >= self.min_n_params)
-                and (self.min_flops_budget is None or flops_budget >= self.min_flops_budget))
+                and (self.min_flops_budget is None or flops_budget >= self.min_flops_budget)
+                and (self.families is None or label in self.families))
 
     def overrides(self) -> dict[str, Any]:
-        thresholds = {"min_n_params", "min_flops_budget"}
-        return {k: v for k, v in self if k not in thresholds and v is not None}
+        return {k: v for k, v in self if k not in TIER_SELECTORS and v is not None}
 
 
 class Resources(Strict):
@@ -275,11 +284,12 @@ class Resources(Strict):
     _compile = field_validator("compile", mode="before")(classmethod(_compile_choice))
     _fused_head = field_validator("fused_head", mode="before")(classmethod(_auto_or_bool))
 
-    def for_run(self, n_params: float, flops_budget: float) -> "Resources":
-        """The resources of one run: these, with every tier it reaches applied in order."""
+    def for_run(self, label: str, n_params: float, flops_budget: float) -> "Resources":
+        """The resources of one run (its family label, non-embedding parameters, budget): these,
+        with every tier it reaches applied in order."""
         values = self.model_dump(exclude={"tiers"})
         for tier in self.tiers:
-            if tier.applies(n_params, flops_budget):
+            if tier.applies(label, n_params, flops_budget):
                 values.update(tier.overrides())
         return Resources.model_validate(values)
 
@@ -328,6 +338,7 @@ class Sweep(Strict):
             raise ValueError(f"family labels must be unique, {dupes} repeats; give each a `label`")
         if len(set(self.budgets)) != len(self.budgets):
             raise ValueError("budgets repeat a value; list each budget once")
+        self._check_tier_families(labels)
         micro = self.recipe.micro_batch_seqs
         for key, workers in self.resources.worker_counts():  # the sweep's, and every tier's
             per_worker = self.recipe.global_batch_seqs / workers
@@ -339,3 +350,14 @@ class Sweep(Strict):
                 raise ValueError(f"recipe.micro_batch_seqs {micro} must divide global_batch_seqs / "
                                  f"workers = {int(per_worker)} ({key} {workers})")
         return self
+
+    def _check_tier_families(self, labels: list[str]) -> None:
+        """A tier's family that is no label of this sweep would silently select nothing: refuse it."""
+        for i, tier in enumerate(self.resources.tiers):
+            for j, name in enumerate(tier.families or []):
+                if name not in labels:
+                    close = difflib.get_close_matches(name, labels, n=1)
+                    fix = f"did you mean {close[0]!r}?" if close else "write one of them as it is"
+                    raise ValueError(
+                        f"resources.tiers[{i}].families[{j}]: {name!r} is not a family label of this "
+                        f"sweep ({', '.join(labels)}); {fix}")

@@ -66,17 +66,33 @@ def test_a_throughput_implies_the_estimate(capsys):
     assert len(json.loads(captured.out)) == 12 and "estimate:" in captured.err
 
 
+def test_gpus_imply_the_estimate_with_the_wall_clock(capsys):
+    assert main(["plan", str(REPO / "sweeps" / "paper.yaml"), "--gpus", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "estimate: 396,457 tokens/s" in out and "total                 9,885 GPU-hours" in out
+    assert "wall-clock on 64 GPUs: 6.5 days, the GPUs 99.7% busy (the longest run 13.3 h on 8 GPUs)" in out
+    assert "ideal data parallelism" in out
+    assert main(["plan", str(REPO / "sweeps" / "paper.yaml"), "--format", "csv", "--gpus", "8"]) == 0
+    captured = capsys.readouterr()
+    assert "wall-clock" not in captured.out and "wall-clock on 8 GPUs: 51.5 days" in captured.err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["plan", "SWEEP", "--tokens-per-second", "0"], "--tokens-per-second: tokens per second must be"),
     (["plan", "SWEEP", "--estimate", "--tokens-per-second", "-5"], "finite number > 0, got -5.0"),
     (["plan", "SWEEP", "--tokens-per-second", "nan"], "finite number > 0, got nan"),
+    (["plan", "SWEEP", "--gpus", "0"], "--gpus: a cluster needs at least one GPU, got 0"),
+    (["plan", "SWEEP", "--gpus", "8"], "--gpus 8: run ar-C6e09-L2d16-4d03cca6dc asks for no GPUs"),
+    (["plan", "PAPER", "--gpus", "4"], "needs 8 GPUs (8 workers x 1), more than the cluster's 4; "
+                                        "estimate for --gpus 8 or more"),
     (["run", "SWEEP", "--num-cpus", "0"], "--num-cpus must be >= 1, got 0"),
     (["run", "SWEEP", "--max-concurrent", "0"], "--max-concurrent must be >= 1, got 0"),
 ])
 def test_impossible_counts_fail_with_one_line_before_anything_starts(capsys, argv, message):
     # Before: a throughput of 0 fell back to the default and a negative one printed negative
     # GPU-hours; --max-concurrent 0 meant no limit and --num-cpus 0 a Ray that schedules nothing.
-    argv = [str(REPO / "sweeps" / "smoke.yaml") if a == "SWEEP" else a for a in argv]
+    sweeps = {"SWEEP": REPO / "sweeps" / "smoke.yaml", "PAPER": REPO / "sweeps" / "paper.yaml"}
+    argv = [str(sweeps[a]) if a in sweeps else a for a in argv]
     assert main(argv) == 2
     captured = capsys.readouterr()
     assert captured.out == ""

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from scaling.errors import UserError
 from scaling.grid import MAX_ROUNDING_LOSS, expand
 from scaling.plan import render_csv
 from scaling.sweepfile import load_plan, parse_sweep, read_yaml
@@ -48,6 +49,35 @@ def test_resource_tiers_give_larger_runs_their_own_resources():
                       (141760, 6e9, 2, 1, 0.0),  # below the second tier's budget
                       (141760, 1.2e10, 4, 1, 1.0)}
     assert all(s.resources.tiers == [] for s in specs)  # a run's spec holds its own resources
+
+
+def test_a_tier_can_select_by_family_label():
+    """resources.tiers[].families: a tier reaches only the runs of the labels it lists (as tables
+    show them), and with a size threshold only that family's larger runs."""
+    raw = read_yaml(REPO / "sweeps" / "smoke.yaml")
+    tiered = {**raw, "resources": {**raw["resources"], "tiers": [
+        {"families": ["mdlm-lowvar"], "workers": 2, "cpus_per_worker": 4},
+        {"families": ["ar"], "min_n_params": 1.4e5, "workers": 4},
+    ]}}
+    placed = {(s.label, s.n_params, s.resources.workers, s.resources.cpus_per_worker)
+              for s in expand(parse_sweep(tiered)).runs}
+    assert placed == {("ar", 89584, 1, 1.0), ("ar", 114136, 1, 1.0), ("ar", 141760, 4, 1.0),
+                      ("mdlm-lowvar", 89584, 2, 4.0), ("mdlm-lowvar", 114136, 2, 4.0),
+                      ("mdlm-lowvar", 141760, 2, 4.0)}
+
+
+@pytest.mark.parametrize("families, message", [
+    (["ar", "mdlm-lowvr"], "sweep: resources.tiers[1].families[1]: 'mdlm-lowvr' is not a family label "
+                           "of this sweep (ar, mdlm-lowvar); did you mean 'mdlm-lowvar'?"),
+    (["mdlm"], "resources.tiers[1].families[0]: 'mdlm' is not a family label"),  # a family, not a label
+    ([], "sweep.resources.tiers[1].families: list should have at least 1 item"),
+])
+def test_a_tier_family_that_is_not_a_label_fails_at_load(families, message):
+    raw = read_yaml(REPO / "sweeps" / "smoke.yaml")
+    tiers = [{"min_n_params": 1e5, "workers": 2}, {"families": families, "workers": 4}]
+    with pytest.raises(UserError) as info:
+        parse_sweep({**raw, "resources": {**raw["resources"], "tiers": tiers}})
+    assert message in str(info.value)
 
 
 def test_adding_a_budget_keeps_existing_ids():
