@@ -11,7 +11,11 @@ record in the store, `<sweep>/driver.json`, that the driver renews every RENEW_S
 - it writes its own record, waits SETTLE_S and reads it back: of two drivers that started within
   that window, only the one whose write landed last goes on (an object store's put is atomic and
   a read after it sees it);
-- at exit it deletes the record if it is still its own.
+- at exit it deletes the record if it is still its own;
+- a driver that finds its record replaced (it stalled past LEASE_S while alive: a suspended
+  laptop, a frozen VM, and another driver took the sweep) stands down: `check` raises LeaseLost,
+  the runner stops the runs it has in flight and writes nothing more to the store, since the
+  other driver now owns every run's status (scaling/runner.py).
 
 Ages compare the reader's clock with the writer's, so machines must agree on the time to well
 under LEASE_S (NTP does). Decisions are pure functions of the record and the clock (`holder_is_live`).
@@ -99,8 +103,21 @@ def busy(root, holder: Holder, now: float) -> UserError:
                      f"died lets go {LEASE_S:.0f} s after its last renewal")
 
 
+class LeaseLost(UserError):
+    """Another driver took over this driver's sweep (module docstring)."""
+
+
+def lost(root, holder: Holder | None, now: float) -> LeaseLost:
+    who = holder.describe(now) if holder is not None else "its record was deleted"
+    return LeaseLost(f"{root}: this driver's lease lapsed (not renewed for over {LEASE_S:.0f} s: was "
+                     f"this machine suspended or cut off?) and another `scaling run` took the sweep "
+                     f"({who}); this driver stopped its runs and wrote nothing more. Finished runs "
+                     f"are kept; follow the sweep with `scaling status`")
+
+
 class Lease:
-    """Acquire with `acquire()`, then renew in a daemon thread until `release()`."""
+    """Acquire with `acquire()`, then renew in a daemon thread until `release()`; `check()` raises
+    LeaseLost once a renewal found another driver's record."""
 
     def __init__(self, root, *, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep):
@@ -109,6 +126,7 @@ class Lease:
         self.me = Holder.this_process(clock())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lost: LeaseLost | None = None  # set by the renewing thread, raised by check()
 
     def acquire(self) -> None:
         """Take the lease or raise UserError naming its live holder."""
@@ -129,20 +147,33 @@ class Lease:
         self._thread.start()
 
     def renew_once(self) -> bool:
-        """Renew our record; False when another driver's record replaced it (ours had lapsed)."""
-        current = read_holder(self.path)
-        if current is not None and current.token != self.me.token:
+        """Renew our record; False when another driver's record replaced it (ours had lapsed), and
+        from then on `check()` raises."""
+        current, now = read_holder(self.path), self.clock()
+        taken = current is not None and current.token != self.me.token
+        if taken or (current is None and now - self.me.renewed_at > LEASE_S):  # taken, maybe let go
+            self._lost = lost(self.root, current, now)
             return False
         self.me = Holder(**{**self.me.__dict__, "renewed_at": self.clock()})
         _write(self.path, self.me)
         return True
 
+    def check(self) -> None:
+        """Raise LeaseLost if another driver took the sweep (the runner stands down). After a
+        stall past LEASE_S this reads the record itself rather than wait up to RENEW_S for the
+        renewing thread: the runner calls it before it writes a run's status."""
+        if self._lost is None and self.clock() - self.me.renewed_at > LEASE_S:
+            try:
+                self.renew_once()
+            except Exception:  # noqa: BLE001 - the store is unreachable: the renewing thread warns
+                pass
+        if self._lost is not None:
+            raise self._lost
+
     def _renew(self) -> None:
         while not self._stop.wait(RENEW_S):
             try:
                 if not self.renew_once():
-                    print(f"warning: {self.root}: this driver's lease lapsed and another driver "
-                          "took the sweep; stop this one (its finished runs are kept)", file=sys.stderr)
                     return
             except Exception as err:  # a store hiccup: the next renewal may succeed
                 print(f"warning: {self.root}: could not renew the driver lease ({err})", file=sys.stderr)

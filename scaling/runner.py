@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Protocol
 
+from scaling.lease import LeaseLost
 from scaling.runspec import RunSpec
 from scaling.store import RunState, RunStore
 
@@ -153,8 +154,10 @@ def run_sweep(specs: list[RunSpec], store: RunStore, executor: Executor,
                             flops_total=flops_total, event=event)
 
     report()
+    stood_down = False
     try:
         while pending or inflight:
+            store.check_driving()  # another driver took the sweep: stand down (scaling/lease.py)
             while pending and executor.fits(pending[0], list(inflight.values())):  # in order: no starving
                 spec = pending.pop(0)
                 attempts[spec.run_id] += 1
@@ -164,7 +167,9 @@ def run_sweep(specs: list[RunSpec], store: RunStore, executor: Executor,
                 store.write_status(spec.run_id, "running", attempts=int(prior) + 1,
                                    started_at=time.time())
                 inflight[executor.submit(spec, store.run_dir(spec.run_id))] = spec
-            for handle, result in executor.wait(list(inflight), poll_s):
+            finished = executor.wait(list(inflight), poll_s)
+            store.check_driving()  # again: the wait is where a suspended driver wakes up
+            for handle, result in finished:
                 spec = inflight.pop(handle)
                 if result.ok and store.read_result(spec.run_id) is not None:
                     store.write_status(spec.run_id, "succeeded", finished_at=time.time())
@@ -184,6 +189,10 @@ def run_sweep(specs: list[RunSpec], store: RunStore, executor: Executor,
                 else:
                     outcome.failed[spec.run_id] = error
                     report(f"failed {spec.run_id}: {error}")
+    except LeaseLost:
+        stood_down = True  # the other driver owns every run's status now: write none
+        executor.cancel(list(inflight))
+        raise
     except KeyboardInterrupt:
         outcome.interrupted = True
         executor.cancel(list(inflight))
@@ -193,7 +202,8 @@ def run_sweep(specs: list[RunSpec], store: RunStore, executor: Executor,
                                **({} if done else {"error": "interrupted by the user"}))
         raise
     finally:
-        store.rebuild_results(specs)
+        if not stood_down:
+            store.rebuild_results(specs)
     return outcome
 
 

@@ -108,6 +108,7 @@ class RunStore:
     def __init__(self, output_dir: str | Path, sweep_name: str):
         self.root = location(output_dir) / sweep_name  # a Path, or a RemotePath for a URL
         self.runs_dir = self.root / "runs"
+        self._lease = None  # scaling.lease.Lease while a URL store's driver holds it (driving)
 
     @property
     def lock_file(self) -> Path:
@@ -210,13 +211,20 @@ class RunStore:
             handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
             handle.flush()
-            lease = self._take_lease()
+            self._lease = self._take_lease()
             try:
                 yield self
             finally:
-                if lease is not None:
-                    lease.release()
+                if self._lease is not None:
+                    self._lease.release()
+                self._lease = None
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def check_driving(self) -> None:
+        """Raise scaling.lease.LeaseLost when another driver took this sweep over (a URL store
+        whose lease lapsed while this driver stalled); a no-op for a local store."""
+        if self._lease is not None:
+            self._lease.check()
 
     def _take_lease(self):
         """For a store at a URL, the lease that excludes drivers on other machines (scaling/lease.py)."""

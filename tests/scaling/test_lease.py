@@ -18,7 +18,7 @@ import pytest
 
 from scaling import lease as lease_mod
 from scaling.errors import UserError
-from scaling.lease import LEASE_FILE, LEASE_S, Holder, Lease, holder_is_live, read_holder
+from scaling.lease import LEASE_FILE, LEASE_S, Holder, Lease, LeaseLost, holder_is_live, read_holder
 from scaling.storage import location
 from scaling.store import RunStore
 
@@ -31,8 +31,8 @@ def memory_root(monkeypatch):
     location(root).rmtree()
 
 
-def write_record(root: str, holder: Holder) -> None:
-    (location(root) / "demo" / LEASE_FILE).write_text(json.dumps(holder.__dict__))
+def write_record(root: str, holder: Holder, sweep: str = "demo") -> None:
+    (location(root) / sweep / LEASE_FILE).write_text(json.dumps(holder.__dict__))
 
 
 def other_machine(renewed_s_ago: float) -> Holder:
@@ -104,3 +104,84 @@ def test_renewal_moves_the_clock_and_stops_when_another_driver_took_over(memory_
     assert not lease.renew_once()
     lease.release()  # leaves the other driver's record alone
     assert read_holder(root / LEASE_FILE).token == "their-token"
+
+
+def test_a_driver_finds_out_at_once_when_it_wakes_from_a_stall(memory_root):
+    """After a stall past LEASE_S, check() reads the record itself (the runner calls it before it
+    writes a status): still ours, it renews; another driver's, or deleted (taken and let go), the
+    driver stands down."""
+    root = location(memory_root) / "demo"
+    now = [1000.0]
+    lease = Lease(root, clock=lambda: now[0])
+    lease.acquire()
+    now[0] += LEASE_S + 30  # a suspended laptop; nobody took the sweep
+    lease.check()
+    assert read_holder(root / LEASE_FILE).renewed_at == now[0]
+
+    now[0] += LEASE_S + 30
+    write_record(memory_root, other_machine(renewed_s_ago=0))
+    with pytest.raises(LeaseLost, match=r"this driver's lease lapsed .* another `scaling run` took "
+                                        r"the sweep \(pid 4242 on node-7 .*stopped its runs"):
+        lease.check()
+    with pytest.raises(LeaseLost):  # and from then on
+        lease.check()
+
+    again = Lease(root, clock=lambda: now[0])
+    (root / LEASE_FILE).unlink()
+    again.acquire()
+    (root / LEASE_FILE).unlink()  # another driver took it while we slept, and finished
+    now[0] += LEASE_S + 1
+    with pytest.raises(LeaseLost, match="its record was deleted"):
+        again.check()
+
+
+class _Hanging:
+    """An executor of two slots whose runs never finish; calls `when_full` once both are taken,
+    and records what was cancelled."""
+
+    def __init__(self, when_full):
+        self.when_full, self.submitted, self.cancelled, self.waits = when_full, [], [], 0
+
+    def fits(self, spec, running):
+        if len(running) < 2:
+            return True
+        self.when_full()
+        return False
+
+    def submit(self, spec, run_dir):
+        self.submitted.append(spec.run_id)
+        return spec.run_id
+
+    def wait(self, handles, timeout_s):
+        self.waits += 1
+        assert self.waits < 400, "the runner never stood down"
+        time.sleep(timeout_s)
+        return []
+
+    def cancel(self, handles):
+        self.cancelled.extend(handles)
+
+
+def test_a_driver_whose_sweep_was_taken_over_stops_its_runs_and_writes_nothing(memory_root,
+                                                                               monkeypatch):
+    """The renewing thread finds another driver's record; the runner cancels its runs in flight and
+    leaves every status and the results table to the other driver."""
+    from pathlib import Path
+
+    from scaling.grid import expand
+    from scaling.runner import run_sweep
+    from scaling.sweepfile import parse_sweep, read_yaml
+
+    monkeypatch.setattr(lease_mod, "RENEW_S", 0.05)
+    raw = read_yaml(Path(__file__).resolve().parents[2] / "sweeps" / "smoke.yaml")
+    sweep = parse_sweep({**raw, "output_dir": memory_root})
+    specs, store = list(expand(sweep).runs), RunStore(memory_root, sweep.name)
+    executor = _Hanging(when_full=lambda: write_record(memory_root, other_machine(renewed_s_ago=0),
+                                                       sweep.name))
+    with store.driving():
+        with pytest.raises(LeaseLost, match="pid 4242 on node-7"):
+            run_sweep(specs, store, executor, poll_s=0.01)
+    assert executor.cancelled == executor.submitted and len(executor.submitted) == 2
+    assert all(store.read_status(rid)["state"] == "running" for rid in executor.submitted)
+    assert not (store.root / "results.parquet").exists()
+    assert read_holder(store.root / LEASE_FILE).token == "their-token"  # left to its owner
