@@ -21,7 +21,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from scaling.staging import scratch_dir
+from scaling.staging import drop_scratch, scratch_dir
 
 ATTEMPT_FILE = "attempt.json"  # the child's own account of how it ended
 # Imported by the zygote so children start with them loaded; none of these starts threads or
@@ -125,7 +125,10 @@ def serve() -> None:
             sys.stdin.close()
             _child(request)
         _, status = os.waitpid(pid, 0)
-        protocol.write(json.dumps(_answer(pid, status, run_dir)) + "\n")
+        reply = _answer(pid, status, run_dir)
+        if reply["exit_code"] == 0:
+            drop_scratch(request["run_dir"])  # a URL store's: everything is in the store now
+        protocol.write(json.dumps(reply) + "\n")
 
 
 class Zygote:

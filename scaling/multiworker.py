@@ -38,6 +38,7 @@ def _train_loop_per_worker(config: dict) -> None:
 
     from scaling.forkserver import RunFailedError
     from scaling.runner import describe_exception
+    from scaling.staging import drop_scratch
     from scaling.worker import execute_run
 
     try:
@@ -45,6 +46,7 @@ def _train_loop_per_worker(config: dict) -> None:
     except Exception as exc:  # noqa: BLE001 - reported with its reason, below
         line, _ = describe_exception(exc)
         raise RunFailedError(line, traceback.format_exc()) from None
+    drop_scratch(config["run_dir"])  # a URL store's: this rank's files are in the store now
 
 
 def run_failure(error: BaseException) -> Exception:

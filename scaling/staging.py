@@ -190,6 +190,19 @@ def push_final(remote: RemotePath, local: Path, rank: int, logs: LogHistory = Lo
     _clear(local, (MODEL_DIR, CHECKPOINT_DIR, METRICS_FILE, SPEC_FILE, RESULT_FILE))  # scratch keeps the logs
 
 
+def drop_scratch(run_dir: str | Path) -> None:
+    """After an attempt succeeded (its files and logs are in the store): remove this rank's scratch
+    folder and the node's checkpoint copy with its lock (no later attempt will take it). A local run
+    directory is the run itself: kept. A failed attempt's scratch stays, since its log may not have
+    reached the store (LogHistory)."""
+    if not is_url(run_dir):
+        return
+    shutil.rmtree(scratch_dir(run_dir), ignore_errors=True)
+    shared = pulled_dir(run_dir)
+    shutil.rmtree(shared, ignore_errors=True)
+    shared.with_name(shared.name + ".lock").unlink(missing_ok=True)
+
+
 def fetch_run(run_dir) -> Path:
     """A finished run's folder on this machine, to load its model from (scaling pareto): run_dir
     itself when local; for a URL store its model/, spec.json and result.json, downloaded into this

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -41,6 +42,9 @@ def execute_run(spec_json: str, run_dir: str, cache_root: str | None = None) -> 
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if spec.resources.gpus_per_worker == 0 else "cuda")
     log = open(run_path / worker_file(rank, "log"), "a", buffering=1)
+    # One log holds every attempt of the run (a URL store's, from every node): say where each begins.
+    log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} attempt of {spec.run_id} on "
+              f"{socket.gethostname()}, pid {os.getpid()}" + (f", rank {rank}" if rank else "") + "\n")
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         message = _injected_fault(spec.run_id)
         if message:

@@ -90,7 +90,7 @@ def _store_cache(spec_path: Path) -> Path:
 
 def run_train_command(args: argparse.Namespace) -> int:
     from scaling.errors import UserError
-    from scaling.staging import train_staged
+    from scaling.staging import drop_scratch, train_staged
 
     try:
         spec, run_dir, cache = resolve_run(args)  # run_dir may be a URL: trained through scratch
@@ -98,6 +98,7 @@ def run_train_command(args: argparse.Namespace) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    drop_scratch(run_dir)  # a URL store's scratch: everything is in the store now
     if "train_loss" not in result:  # a worker other than rank 0 of a multi-worker run
         return 0
     print(f"{spec.run_id}: val_loss {result['val_loss']:.4f} nats/token "
