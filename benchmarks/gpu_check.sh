@@ -44,4 +44,4 @@ echo "== summary (tokens/s of the DeepSpeed loop; mfu = 6 N' tokens/s / peak bf1
 echo "   attention's 12 L d T FLOPs per token)"
 for family in ar mdlm duo esolm; do echo "$family ${TPS[$family]:-nan} mfu ${MFU[$family]:-nan} mfu_palm ${PALM[$family]:-nan}"; done
 echo "== paper sweep estimate from the measured AR throughput"
-$PY -m scaling.cli plan sweeps/paper.yaml --estimate --tokens-per-second "${TPS[ar]}" | tail -8
+$PY -m scaling.cli plan sweeps/paper.yaml --gpus 64 --tokens-per-second "${TPS[ar]}" | tail -12
