@@ -168,14 +168,18 @@ def test_checkpoints_go_to_the_store_pointer_last_and_come_back(tmp_path):
     assert (elsewhere / "result.json").exists() and not (elsewhere / "checkpoints").exists()
 
 
-def test_the_ranks_of_a_node_download_a_checkpoint_once(tmp_path, monkeypatch):
+@pytest.mark.parametrize("scheme", ["file", "s3"])
+def test_the_ranks_of_a_node_download_a_checkpoint_once(tmp_path, monkeypatch, request, scheme):
     """Every rank reads the whole checkpoint when it resumes, so the ranks of a node share one
     download (scaling/staging.py); a copy of an older tag, or one whose download was cut off, is
-    replaced; a universal conversion there would run once too (trainers/checkpoint.py locks it)."""
+    replaced; a universal conversion there would run once too (trainers/checkpoint.py locks it).
+    On S3 (moto) when s3fs is installed."""
     from scaling.staging import pull, push_checkpoint
     from scaling.storage import RemotePath
 
-    remote = location(f"file://{tmp_path}/store/run")
+    if scheme == "s3":
+        request.getfixturevalue("s3_endpoint")
+    remote = location(f"file://{tmp_path}/store/run" if scheme == "file" else "s3://isoflop-test/pull/run")
     writer = tmp_path / "writer"
     for step in (10, 20):
         _checkpoint(writer, step)
