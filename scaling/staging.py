@@ -140,7 +140,7 @@ def pull_checkpoint(remote: RemotePath, info: dict, shared: Path) -> Path:
     by the first rank of this node to take the lock, found done by the others."""
     tag = info["tag"]
     shared.parent.mkdir(parents=True, exist_ok=True)
-    with open(shared.with_name(shared.name + ".lock"), "w") as lock:  # never deleted: see drop_pulled
+    with open(_lock_of(shared), "w") as lock:  # kept by drop_pulled, removed by drop_scratch
         fcntl.flock(lock, fcntl.LOCK_EX)
         done = shared / PULLED_TAG
         if done.is_file() and done.read_text() == tag:
@@ -154,6 +154,10 @@ def pull_checkpoint(remote: RemotePath, info: dict, shared: Path) -> Path:
         print(f"pulled checkpoint {tag} from the store for this node's ranks: {size_mib:.1f} MiB "
               f"in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return shared
+
+
+def _lock_of(shared: Path) -> Path:
+    return shared.with_name(shared.name + ".lock")
 
 
 def drop_pulled(shared: Path) -> None:
@@ -199,8 +203,8 @@ def drop_scratch(run_dir: str | Path) -> None:
         return
     shutil.rmtree(scratch_dir(run_dir), ignore_errors=True)
     shared = pulled_dir(run_dir)
-    shutil.rmtree(shared, ignore_errors=True)
-    shared.with_name(shared.name + ".lock").unlink(missing_ok=True)
+    drop_pulled(shared)
+    _lock_of(shared).unlink(missing_ok=True)
 
 
 def fetch_run(run_dir) -> Path:
