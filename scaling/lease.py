@@ -8,6 +8,10 @@ record in the store, `<sweep>/driver.json`, that the driver renews every RENEW_S
 - a driver starts only if the record is absent, its own, or lapsed: not renewed for LEASE_S
   seconds (its driver died or lost the network), or written on this machine by a process that is
   gone (a rerun after a crash here need not wait);
+- the record's stamps are the writer's clock, which need not agree with the reader's. So a record
+  that looks lapsed (or stamped in the future) by the reader's clock is not taken on that alone:
+  the reader watches it for LEASE_S by its own clock, and takes it only if it was not renewed in
+  that time. A skewed clock can then only delay a takeover, never let two drivers in;
 - it writes its own record, waits SETTLE_S and reads it back: of two drivers that started within
   that window, only the one whose write landed last goes on (an object store's put is atomic and
   a read after it sees it);
@@ -17,8 +21,8 @@ record in the store, `<sweep>/driver.json`, that the driver renews every RENEW_S
   the runner stops the runs it has in flight and writes nothing more to the store, since the
   other driver now owns every run's status (scaling/runner.py).
 
-Ages compare the reader's clock with the writer's, so machines must agree on the time to well
-under LEASE_S (NTP does). Decisions are pure functions of the record and the clock (`holder_is_live`).
+Decisions are pure functions of the record and the clock (`lease_state`); the watch is in
+`Lease.acquire`.
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ LEASE_FILE = "driver.json"
 LEASE_S = 60.0  # a record not renewed for this long has lapsed
 RENEW_S = 15.0  # four renewals per lease: a slow store or a busy driver misses one, not the lease
 SETTLE_S = 2.0  # wait after writing, before reading back (two drivers starting together)
+WATCH_S = LEASE_S  # a record unchanged this long by the reader's own clock has lapsed
+FUTURE_S = 5.0  # a record stamped further ahead of the reader's clock than this: clocks disagree
+
+FREE, LIVE, UNSURE = "free", "live", "unsure"
 
 
 @dataclass(frozen=True)
@@ -64,14 +72,18 @@ class Holder:
                 f"lease renewed {max(0.0, now - self.renewed_at):.0f} s ago")
 
 
-def holder_is_live(holder: Holder | None, me: Holder, now: float,
-                   pid_alive: Callable[[int], bool]) -> bool:
-    """Whether `holder`'s record keeps `me` from driving the sweep (module docstring)."""
+def lease_state(holder: Holder | None, me: Holder, now: float,
+                pid_alive: Callable[[int], bool]) -> str:
+    """FREE: no record, our own, or this machine's that lapsed or whose process is gone; LIVE:
+    another driver's, renewed within LEASE_S by the reader's clock (`now`); UNSURE: another
+    machine's that looks lapsed, or stamped in the future, by that clock: the writer's clock may
+    disagree, so only watching the record tells (module docstring)."""
     if holder is None or holder.token == me.token:
-        return False
-    if holder.host == me.host and not pid_alive(holder.pid):
-        return False
-    return now - holder.renewed_at <= LEASE_S
+        return FREE
+    age_s = now - holder.renewed_at
+    if holder.host == me.host:  # one clock: its age is true
+        return LIVE if pid_alive(holder.pid) and age_s <= LEASE_S else FREE
+    return LIVE if -FUTURE_S <= age_s <= LEASE_S else UNSURE
 
 
 def pid_alive(pid: int) -> bool:
@@ -97,10 +109,10 @@ def _write(path, holder: Holder) -> None:
     path.write_text(json.dumps(holder.__dict__, indent=2))
 
 
-def busy(root, holder: Holder, now: float) -> UserError:
-    return UserError(f"{root}: another `scaling run` is driving this sweep ({holder.describe(now)}); "
-                     f"wait for it, or stop it, then rerun (finished runs are kept). A driver that "
-                     f"died lets go {LEASE_S:.0f} s after its last renewal")
+def busy(root, holder: Holder, now: float, skew: str = "") -> UserError:
+    return UserError(f"{root}: another `scaling run` is driving this sweep ({holder.describe(now)}"
+                     f"{skew}); wait for it, or stop it, then rerun (finished runs are kept). A "
+                     f"driver that died lets go {LEASE_S:.0f} s after its last renewal")
 
 
 class LeaseLost(UserError):
@@ -131,8 +143,11 @@ class Lease:
     def acquire(self) -> None:
         """Take the lease or raise UserError naming its live holder."""
         current = read_holder(self.path)
-        if holder_is_live(current, self.me, self.clock(), pid_alive):
+        state = lease_state(current, self.me, self.clock(), pid_alive)
+        if state == LIVE:
             raise busy(self.root, current, self.clock())
+        if state == UNSURE:
+            self._watch(current)
         _write(self.path, self.me)
         self.sleep(SETTLE_S)
         current = read_holder(self.path)
@@ -141,6 +156,26 @@ class Lease:
                 raise UserError(f"{self.root}: the driver lease {self.path} vanished as it was "
                                 "written; another driver is starting, or the store drops writes")
             raise busy(self.root, current, self.clock())
+
+    def _watch(self, seen: Holder) -> None:
+        """Raise `busy` if the record `seen` is renewed within WATCH_S of this machine's clock:
+        its stamps say it lapsed, but the writer's clock may run behind ours."""
+        age_s = self.clock() - seen.renewed_at
+        stamp = (f"was last renewed {age_s:.0f} s ago by" if age_s > 0 else
+                 f"is stamped {-age_s:.0f} s ahead of")
+        print(f"note: {self.root}: the driver lease of pid {seen.pid} on {seen.host} {stamp} this "
+              f"machine's clock; watching it for {WATCH_S:.0f} s before taking the sweep, since "
+              f"machines' clocks can disagree", file=sys.stderr)
+        self.sleep(WATCH_S)
+        current = read_holder(self.path)
+        if current is None or current == seen:
+            return
+        now = self.clock()
+        skew = "" if lease_state(current, self.me, now, pid_alive) == LIVE else (
+            f"; it renewed its lease while this driver watched, yet its stamp is "
+            f"{abs(now - current.renewed_at):.0f} s off this machine's clock: set both machines' "
+            f"clocks by NTP")
+        raise busy(self.root, current, now, skew)
 
     def start_renewing(self) -> None:
         self._thread = threading.Thread(target=self._renew, name="driver-lease", daemon=True)
@@ -192,4 +227,4 @@ def live_holder(root, now: float | None = None) -> str | None:
     now = time.time() if now is None else now
     holder = read_holder(root / LEASE_FILE)
     nobody = Holder(socket.gethostname(), -1, "", 0.0, 0.0)  # a reader: dead pids here let go
-    return holder.describe(now) if holder_is_live(holder, nobody, now, pid_alive) else None
+    return holder.describe(now) if lease_state(holder, nobody, now, pid_alive) == LIVE else None

@@ -30,7 +30,6 @@ trainer writes in place.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -40,13 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scaling.storage import RemotePath, is_url, local_state_dir, url_key
-from trainers.checkpoint import KEEP, LATEST, checkpoint_tag
+from trainers.checkpoint import KEEP, LATEST, build_once, checkpoint_tag, lock_of
 from trainers.records import CHECKPOINT_DIR, METRICS_FILE, MODEL_DIR, RESULT_FILE, SPEC_FILE
 
 SCRATCH_ENV = "SCALING_SCRATCH_DIR"  # where runs of URL stores train on this node
 PUSHED_SUFFIX = ".pushed"  # beside a scratch log: how many of its bytes are in the store's copy
 PULLED_SUFFIX = ".checkpoint"  # beside the ranks' scratch folders: the node's copy of the checkpoint
-PULLED_TAG = "pulled"  # written last into that copy: the tag whose download finished
 
 
 def scratch_dir(run_dir: str | Path) -> Path:
@@ -139,25 +137,16 @@ def pull_checkpoint(remote: RemotePath, info: dict, shared: Path) -> Path:
     """`shared` holding the store's checkpoint info["tag"] and a latest.json naming it: downloaded
     by the first rank of this node to take the lock, found done by the others."""
     tag = info["tag"]
-    shared.parent.mkdir(parents=True, exist_ok=True)
-    with open(_lock_of(shared), "w") as lock:  # kept by drop_pulled, removed by drop_scratch
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        done = shared / PULLED_TAG
-        if done.is_file() and done.read_text() == tag:
-            return shared
-        shutil.rmtree(shared, ignore_errors=True)  # an older tag, or a download killed midway
+
+    def download(folder: Path) -> None:
         started = time.perf_counter()
-        (remote / CHECKPOINT_DIR / tag).download(shared / tag)
-        (shared / LATEST).write_text(json.dumps({"tag": tag, "step": info["step"]}))
-        done.write_text(tag)
-        size_mib = sum(f.stat().st_size for f in (shared / tag).rglob("*") if f.is_file()) / 2**20
+        (remote / CHECKPOINT_DIR / tag).download(folder / tag)
+        (folder / LATEST).write_text(json.dumps({"tag": tag, "step": info["step"]}))
+        size_mib = sum(f.stat().st_size for f in (folder / tag).rglob("*") if f.is_file()) / 2**20
         print(f"pulled checkpoint {tag} from the store for this node's ranks: {size_mib:.1f} MiB "
               f"in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    return shared
 
-
-def _lock_of(shared: Path) -> Path:
-    return shared.with_name(shared.name + ".lock")
+    return build_once(shared, tag, download)  # its lock is kept by drop_pulled, removed by drop_scratch
 
 
 def drop_pulled(shared: Path) -> None:
@@ -204,7 +193,7 @@ def drop_scratch(run_dir: str | Path) -> None:
     shutil.rmtree(scratch_dir(run_dir), ignore_errors=True)
     shared = pulled_dir(run_dir)
     drop_pulled(shared)
-    _lock_of(shared).unlink(missing_ok=True)
+    lock_of(shared).unlink(missing_ok=True)
 
 
 def fetch_run(run_dir) -> Path:
@@ -233,7 +222,7 @@ def fetch_run(run_dir) -> Path:
 
 def train_staged(spec, run_dir: str | Path, *, progress: bool, cache_root: Path | None) -> dict:
     """trainers.train.train_run for a run directory that may be a URL (then through scratch)."""
-    from trainers.train import train_run
+    from trainers.train import ForeignRunError, train_run
 
     if not is_url(run_dir):
         return train_run(spec, Path(run_dir), progress=progress, cache_root=cache_root)
@@ -248,6 +237,9 @@ def train_staged(spec, run_dir: str | Path, *, progress: bool, cache_root: Path 
     try:
         result = train_run(spec, local, progress=progress, cache_root=cache_root or default_data_cache(),
                            on_checkpoint=on_checkpoint, resume_root=resume_root)
+    except ForeignRunError as err:  # name the store's folder, not this node's copy of it
+        push_logs(remote, local, logs)
+        raise ForeignRunError(remote, err.what) from None
     except BaseException:
         push_logs(remote, local, logs)  # the failed attempt's log beside its status.json, as locally
         raise

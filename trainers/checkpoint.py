@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from trainers.records import atomic_write_json
 
@@ -42,7 +42,7 @@ KEEP = 2  # the newest, plus the one before in case the newest is damaged
 UNIVERSAL_PREFIX = "universal-"
 _OPTIMIZER_SHARDS = "*zero_pp_rank_*_optim_states.pt"  # ZeRO 1-3, one per data-parallel rank
 _ZERO3_MODEL_SHARDS = "zero_pp_rank_*_model_states.pt"  # ZeRO-3 partitions the weights too
-_DONE = "converted"  # written last into a universal copy: the conversion finished
+BUILT = "built"  # written last into a copy made by build_once: its stamp, when it is complete
 
 
 def checkpoint_tag(step: int) -> str:
@@ -144,21 +144,39 @@ def universal_copy(root: Path, tag: str) -> Path:
     from deepspeed.checkpoint import ds_to_universal
 
     root = Path(root)
-    target = root / (UNIVERSAL_PREFIX + tag)
-    with open(root / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / _DONE).exists():
-            return target
-        shutil.rmtree(target, ignore_errors=True)  # a conversion killed midway
+
+    def convert(target: Path) -> None:
         args = _converter_args(input_folder=str(root / tag), output_folder=str(target))
         started = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):
             ds_to_universal.main(args)
         (root / "latest_universal").unlink(missing_ok=True)  # the converter's pointer; ours is latest.json
-        (target / _DONE).write_text(tag)
         print(f"converted checkpoint {tag} to DeepSpeed's universal format in "
               f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
-    return target
+
+    return build_once(root / (UNIVERSAL_PREFIX + tag), tag, convert)
+
+
+def build_once(folder: Path, stamp: str, build: Callable[[Path], None]) -> Path:
+    """`folder`, made by `build(folder)` unless a complete copy stamped `stamp` is there: the
+    processes that share it (the ranks of a node) build it once. The first to take the lock beside
+    it builds; the others wait and find it done. A folder with another stamp, or a build killed
+    midway (no marker: it is written last), is removed and built again."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_of(folder), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = folder / BUILT
+        if done.is_file() and done.read_text() == stamp:
+            return folder
+        shutil.rmtree(folder, ignore_errors=True)
+        build(folder)
+        done.write_text(stamp)
+    return folder
+
+
+def lock_of(folder: Path) -> Path:
+    """The lock file of a build_once folder, beside it (removed with the folder's parent)."""
+    return folder.with_name(f".{folder.name}.lock")
 
 
 def _converter_args(**folders: str):

@@ -77,6 +77,15 @@ class SetupTimes:
                 "engine_init": self.engine_init_s, "resume": self.resume_s}
 
 
+class ForeignRunError(UserError):
+    """A run folder, or the checkpoints to resume from, belong to another run. `what` lets a run
+    store at a URL name its own folder rather than the node's scratch copy (scaling/staging.py)."""
+
+    def __init__(self, folder, what: str):
+        self.what = what
+        super().__init__(f"{folder} holds {what}; give an empty --out directory or delete it")
+
+
 def _check_existing(run_dir: Path, spec: RunSpec) -> dict | None:
     """The finished result of this run if run_dir holds one; UserError if run_dir is another run's."""
     import json
@@ -87,8 +96,7 @@ def _check_existing(run_dir: Path, spec: RunSpec) -> dict | None:
             continue
         record = json.loads(path.read_text())
         if record.get("config_hash") != spec.config_hash:
-            raise UserError(f"{run_dir} holds another run ({record.get('run_id')}); "
-                            "give an empty --out directory or delete it")
+            raise ForeignRunError(run_dir, f"another run ({record.get('run_id')})")
         if name == RESULT_FILE:
             return record
     return None
@@ -245,8 +253,7 @@ def _resume(ctx: _Context, engine):
     t = time.perf_counter()
     client_state = load_checkpoint(engine, ctx.resume_root, ctx.resume_plan)
     if client_state and client_state.get("config_hash") != ctx.spec.config_hash:
-        raise UserError(f"{ctx.resume_root} holds checkpoints of another run; give an empty --out "
-                        "directory or delete it")
+        raise ForeignRunError(ctx.resume_root, "checkpoints of another run")
     ctx.setup.resume_s = time.perf_counter() - t
     return LoopState.from_client_state(client_state) if client_state else LoopState()
 

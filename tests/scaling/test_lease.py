@@ -18,7 +18,8 @@ import pytest
 
 from scaling import lease as lease_mod
 from scaling.errors import UserError
-from scaling.lease import LEASE_FILE, LEASE_S, Holder, Lease, LeaseLost, holder_is_live, read_holder
+from scaling.lease import (FREE, LEASE_FILE, LEASE_S, LIVE, UNSURE, Holder, Lease, LeaseLost,
+                           lease_state, read_holder)
 from scaling.storage import location
 from scaling.store import RunStore
 
@@ -26,6 +27,7 @@ from scaling.store import RunStore
 @pytest.fixture
 def memory_root(monkeypatch):
     monkeypatch.setattr(lease_mod, "SETTLE_S", 0.0)
+    monkeypatch.setattr(lease_mod, "WATCH_S", 0.0)
     root = f"memory://isoflop-lease-{uuid.uuid4().hex[:8]}"
     yield root
     location(root).rmtree()
@@ -49,15 +51,19 @@ def dead_pid() -> int:
 ME = Holder("head", 100, "mine", 0.0, 0.0)
 
 
-@pytest.mark.parametrize("holder, now, live", [
-    (None, 1000.0, False),
-    (Holder("head", 100, "mine", 0.0, 990.0), 1000.0, False),  # our own record
-    (Holder("node-7", 5, "theirs", 0.0, 1000.0 - LEASE_S), 1000.0, True),  # renewed just in time
-    (Holder("node-7", 5, "theirs", 0.0, 999.0 - LEASE_S), 1000.0, False),  # lapsed
-    (Holder("head", 5, "theirs", 0.0, 999.0), 1000.0, False),  # this machine, its process is gone
+@pytest.mark.parametrize("holder, now, state", [
+    (None, 1000.0, FREE),
+    (Holder("head", 100, "mine", 0.0, 990.0), 1000.0, FREE),  # our own record
+    (Holder("node-7", 5, "theirs", 0.0, 1000.0 - LEASE_S), 1000.0, LIVE),  # renewed just in time
+    (Holder("node-7", 5, "theirs", 0.0, 999.0 - LEASE_S), 1000.0, UNSURE),  # lapsed by our clock
+    (Holder("node-7", 5, "theirs", 0.0, 1004.0), 1000.0, LIVE),  # a few seconds ahead of ours
+    (Holder("node-7", 5, "theirs", 0.0, 1600.0), 1000.0, UNSURE),  # its clock is 10 min ahead
+    (Holder("head", 5, "theirs", 0.0, 999.0), 1000.0, FREE),  # this machine, its process is gone
+    (Holder("head", 100, "theirs", 0.0, 999.0 - LEASE_S), 1000.0, FREE),  # this machine's, lapsed
+    (Holder("head", 100, "theirs", 0.0, 999.0), 1000.0, LIVE),  # this machine's, live
 ])
-def test_who_holds_the_lease(holder, now, live):
-    assert holder_is_live(holder, ME, now, pid_alive=lambda pid: pid == 100) is live
+def test_who_holds_the_lease(holder, now, state):
+    assert lease_state(holder, ME, now, pid_alive=lambda pid: pid == 100) == state
 
 
 def test_a_driver_on_another_machine_is_refused_while_its_lease_is_live(memory_root):
@@ -82,6 +88,39 @@ def test_a_lapsed_or_dead_drivers_lease_is_taken_and_released(memory_root, stale
         mine = read_holder(store.root / LEASE_FILE)
         assert (mine.host, mine.pid) == (socket.gethostname(), os.getpid())
     assert not (store.root / LEASE_FILE).exists()
+
+
+@pytest.mark.parametrize("their_clock_s", [-600.0, +600.0])
+def test_a_live_driver_whose_clock_disagrees_keeps_its_sweep(memory_root, capsys, monkeypatch,
+                                                             their_clock_s):
+    """Its stamps look lapsed (or from the future) by our clock, but it renews while we watch."""
+    monkeypatch.setattr(lease_mod, "WATCH_S", LEASE_S)  # the clock and the sleep are ours here
+    root = location(memory_root) / "demo"
+    ours = [1000.0]
+    stamp = lambda: Holder("node-7", 4242, "their-token", 0.0, ours[0] + their_clock_s)
+
+    def watch(seconds):  # our clock moves on; theirs renews meanwhile
+        ours[0] += seconds
+        write_record(memory_root, stamp())
+
+    write_record(memory_root, stamp())
+    lease = Lease(root, clock=lambda: ours[0], sleep=watch)
+    with pytest.raises(UserError, match=r"pid 4242 on node-7 .*renewed its lease while this driver "
+                                        r"watched, yet its stamp is 600 s off .*NTP"):
+        lease.acquire()
+    assert "watching it for" in capsys.readouterr().err
+    assert read_holder(root / LEASE_FILE).token == "their-token"
+
+
+def test_a_dead_driver_whose_clock_ran_ahead_lets_go_after_the_watch(memory_root, monkeypatch):
+    monkeypatch.setattr(lease_mod, "WATCH_S", LEASE_S)
+    root = location(memory_root) / "demo"
+    ahead = time.time() + 3600
+    write_record(memory_root, Holder("node-7", 4242, "their-token", ahead, ahead))
+    watched = []
+    lease = Lease(root, sleep=watched.append)
+    lease.acquire()
+    assert watched == [LEASE_S, 0.0] and read_holder(root / LEASE_FILE).token == lease.me.token
 
 
 def test_of_two_drivers_starting_together_the_last_write_wins(memory_root):

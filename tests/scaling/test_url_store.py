@@ -152,7 +152,7 @@ def test_checkpoints_go_to_the_store_pointer_last_and_come_back(tmp_path):
     shared = tmp_path / "other-node.checkpoint"
     assert pull(remote, elsewhere, shared) == shared
     assert not (elsewhere / "checkpoints").exists()  # the ranks resume from the node's copy
-    assert sorted(p.name for p in shared.iterdir()) == ["latest.json", "pulled", "step00000030"]
+    assert sorted(p.name for p in shared.iterdir()) == ["built", "latest.json", "step00000030"]
     assert (shared / "step00000030" / "optim.pt").read_text() == "optim.pt at 30"
 
     for name, text in (("result.json", '{"val_loss": 1.0}'), ("worker.log", "log"), ("spec.json", "{}")):
@@ -194,7 +194,7 @@ def test_the_ranks_of_a_node_download_a_checkpoint_once(tmp_path, monkeypatch, r
     assert downloads.count("step00000020") == 1
     assert sorted(p.name for p in (shared / "step00000020").iterdir()) == ["model.pt", "optim.pt"]
 
-    (shared / "pulled").unlink()  # a download killed midway: no marker
+    (shared / "built").unlink()  # a download killed midway: no marker
     (shared / "step00000020" / "optim.pt").unlink()
     pull(remote, tmp_path / "rank0", shared)
     assert downloads.count("step00000020") == 2 and (shared / "step00000020" / "optim.pt").is_file()
@@ -202,7 +202,7 @@ def test_the_ranks_of_a_node_download_a_checkpoint_once(tmp_path, monkeypatch, r
     _checkpoint(writer, 30)
     push_checkpoint(remote, writer, 30, is_main=True)
     pull(remote, tmp_path / "rank0", shared)  # a newer checkpoint: the older copy goes
-    assert sorted(p.name for p in shared.iterdir()) == ["latest.json", "pulled", "step00000030"]
+    assert sorted(p.name for p in shared.iterdir()) == ["built", "latest.json", "step00000030"]
 
 
 def test_the_stores_log_keeps_every_attempt_on_every_node(memory_root, tmp_path, monkeypatch):
@@ -264,6 +264,24 @@ def test_a_failed_attempt_leaves_its_log_in_the_store(tmp_path, monkeypatch):
     assert scratch_dir(url).is_relative_to(tmp_path / "scratch")
     assert (location(url) / "worker.log").read_text() == "step 10: loss nan\n"
     assert not pulled_dir(url).exists()  # the node's copy of the checkpoint goes with the attempt
+
+
+def test_another_runs_folder_in_the_store_is_named_by_its_url(tmp_path, monkeypatch):
+    """The trainer finds the mismatch in this node's scratch copy; the error names the store's
+    folder, which is what the user must empty or delete."""
+    from scaling.grid import expand
+    from scaling.staging import train_staged
+    from scaling.sweepfile import load_sweep
+    from trainers.train import ForeignRunError
+
+    monkeypatch.setenv("SCALING_SCRATCH_DIR", str(tmp_path / "scratch"))
+    mine, theirs = list(expand(load_sweep(REPO / "sweeps" / "smoke.yaml")).runs)[:2]
+    url = f"file://{tmp_path}/store/runs/r1"
+    (location(url) / "spec.json").write_text(theirs.to_json())
+    with pytest.raises(ForeignRunError) as err:
+        train_staged(mine, url, progress=False, cache_root=None)
+    assert str(err.value).startswith(f"{location(url)} holds another run ({theirs.run_id}); ")
+    assert (location(url) / "spec.json").read_text() == theirs.to_json()  # left as it was
 
 
 # ---------------------------------------------------------------- end to end, real Ray + DeepSpeed

@@ -14,7 +14,8 @@ import pytest
 
 from scaling.errors import UserError
 from scaling.schema import Recipe, Resources
-from trainers.checkpoint import LATEST, checkpoint_interval, checkpoint_tag, latest_checkpoint, plan_resume
+from trainers.checkpoint import (BUILT, LATEST, build_once, checkpoint_interval, checkpoint_tag,
+                                 latest_checkpoint, plan_resume)
 from trainers.engine import (DivergedError, clip_gradients, LoopState, _check_finite, build_deepspeed_config,
                              deep_merge, derive_seed, plan_batches, resolve_precision)
 from trainers.records import MetricsLog, atomic_write_json, read_jsonl
@@ -199,6 +200,38 @@ def test_a_checkpoint_resumes_with_another_worker_count(tmp_path, written, now, 
     plan = plan_resume(tmp_path, zero_stage=now[0], world_size=now[1])
     assert (plan.step, plan.universal) == (20, universal)
     assert plan.load_tag == ("universal-step00000020" if universal else "step00000020")
+
+
+def test_processes_sharing_a_copy_build_it_once(tmp_path):
+    """build_once (a node's universal conversion, a URL store's checkpoint download): of four
+    processes at once, one builds; another stamp, or a build killed before its marker, builds
+    again."""
+    import multiprocessing
+
+    folder, builds = tmp_path / "copy", tmp_path / "builds.log"
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        pool.starmap(_build_slowly, [(folder, "step10")] * 4)
+    assert builds.read_text() == "step10\n" and (folder / BUILT).read_text() == "step10"
+
+    _build_slowly(folder, "step20")  # a newer checkpoint replaces the copy
+    _build_slowly(folder, "step20")  # found done
+    assert builds.read_text() == "step10\nstep20\n" and (folder / "part").is_file()
+    (folder / BUILT).unlink()  # killed midway
+    _build_slowly(folder, "step20")
+    assert builds.read_text() == "step10\nstep20\nstep20\n" and (folder / BUILT).is_file()
+
+
+def _build_slowly(folder: Path, stamp: str) -> None:
+    import time
+
+    def build(into: Path) -> None:
+        into.mkdir()
+        time.sleep(0.2)  # the others arrive while this one builds
+        (into / "part").write_text(stamp)
+        with open(into.parent / "builds.log", "a") as log:
+            log.write(stamp + "\n")
+
+    build_once(folder, stamp, build)
 
 
 @pytest.mark.parametrize("written, now, message", [
