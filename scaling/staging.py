@@ -24,12 +24,17 @@ others find it done. A universal conversion (another worker count: trainers/chec
 there too, so it also runs once per node. The copy is dropped at the attempt's first checkpoint
 (every rank has loaded by then) and when the attempt ends. Checkpoint tags the store's pointer
 has named are never rewritten (a resumed run saves only later steps), so a copy left by a killed
-attempt is reused when it is still the newest. A local run directory skips all of this: the
+attempt is reused when it is still the newest. A killed attempt whose run goes on elsewhere would
+leave its copy (a whole checkpoint) on this node for good, so every rank holds a shared flock on
+its copy's `.inuse` file for the attempt, and each attempt that starts on the node removes the
+copies no live attempt holds (`drop_stale_copies`). A local run directory skips all of this: the
 trainer writes in place.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -149,6 +154,34 @@ def pull_checkpoint(remote: RemotePath, info: dict, shared: Path) -> Path:
     return build_once(shared, tag, download)  # its lock is kept by drop_pulled, removed by drop_scratch
 
 
+@contextlib.contextmanager
+def using_pulled(shared: Path):
+    """Hold this node's copy of the run's checkpoint for an attempt (module docstring): a shared
+    flock, which the kernel drops when the process ends, however it ends."""
+    shared.parent.mkdir(parents=True, exist_ok=True)
+    with open(_inuse_of(shared), "a") as held:
+        fcntl.flock(held, fcntl.LOCK_SH)
+        yield
+
+
+def drop_stale_copies(scratch_root: Path) -> None:
+    """Remove the node's checkpoint copies that no live attempt holds (left by killed attempts)."""
+    for copy in sorted(scratch_root.glob("*" + PULLED_SUFFIX)):
+        with open(_inuse_of(copy), "a") as probe:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # an attempt on this node holds it (ours among them)
+            size_mib = sum(f.stat().st_size for f in copy.rglob("*") if f.is_file()) / 2**20
+            shutil.rmtree(copy, ignore_errors=True)
+            print(f"removed {copy.name}, a checkpoint copy left on this node by a killed attempt "
+                  f"({size_mib:.1f} MiB)", file=sys.stderr)
+
+
+def _inuse_of(shared: Path) -> Path:
+    return shared.with_name(f".{shared.name}.inuse")
+
+
 def drop_pulled(shared: Path) -> None:
     """Remove this node's copy once every rank has loaded it. Its lock file stays (empty): a lock
     file unlinked while another process waits on it would let two processes hold the lock."""
@@ -194,6 +227,7 @@ def drop_scratch(run_dir: str | Path) -> None:
     shared = pulled_dir(run_dir)
     drop_pulled(shared)
     lock_of(shared).unlink(missing_ok=True)
+    _inuse_of(shared).unlink(missing_ok=True)
 
 
 def fetch_run(run_dir) -> Path:
@@ -222,11 +256,20 @@ def fetch_run(run_dir) -> Path:
 
 def train_staged(spec, run_dir: str | Path, *, progress: bool, cache_root: Path | None) -> dict:
     """trainers.train.train_run for a run directory that may be a URL (then through scratch)."""
-    from trainers.train import ForeignRunError, train_run
+    from trainers.train import train_run
 
     if not is_url(run_dir):
         return train_run(spec, Path(run_dir), progress=progress, cache_root=cache_root)
     remote, local, shared = RemotePath(str(run_dir)), scratch_dir(run_dir), pulled_dir(run_dir)
+    with using_pulled(shared):
+        drop_stale_copies(shared.parent)  # after taking ours: it is held, so it stays
+        return _train_through_scratch(spec, remote, local, shared, progress, cache_root)
+
+
+def _train_through_scratch(spec, remote: RemotePath, local: Path, shared: Path, progress: bool,
+                           cache_root: Path | None) -> dict:
+    from trainers.train import ForeignRunError, train_run
+
     resume_root = pull(remote, local, shared)
     logs = LogHistory.at_attempt_start(remote, local)
 

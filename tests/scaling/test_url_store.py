@@ -266,6 +266,41 @@ def test_a_failed_attempt_leaves_its_log_in_the_store(tmp_path, monkeypatch):
     assert not pulled_dir(url).exists()  # the node's copy of the checkpoint goes with the attempt
 
 
+def test_a_checkpoint_copy_left_by_a_killed_attempt_goes_at_the_next_attempt_here(
+        tmp_path, monkeypatch, capsys):
+    """A node's copy is held (a shared flock) by every rank of a live attempt; the next attempt to
+    start on the node removes the copies nobody holds, and the kernel lets go of a killed one's."""
+    import trainers.train
+    from scaling.staging import drop_stale_copies, pulled_dir, train_staged
+
+    monkeypatch.setenv("SCALING_SCRATCH_DIR", str(tmp_path / "scratch"))
+    live, stale = (pulled_dir(f"file://{tmp_path}/store/runs/{name}") for name in ("live", "stale"))
+    for copy in (live, stale):
+        (copy / "step00000010").mkdir(parents=True)
+        (copy / "step00000010" / "model.pt").write_bytes(b"\0" * 2**20)
+    holder = subprocess.Popen(  # an attempt of run "live", training on this node
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+         "fcntl.flock(f, fcntl.LOCK_SH); print('held', flush=True); time.sleep(120)",
+         str(live.with_name(f".{live.name}.inuse"))], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+
+        def failing_run(spec, run_dir, **kwargs):
+            raise RuntimeError("loss became nan at step 10")
+
+        monkeypatch.setattr(trainers.train, "train_run", failing_run)
+        with pytest.raises(RuntimeError, match="loss became nan"):
+            train_staged(None, f"file://{tmp_path}/store/runs/third", progress=False, cache_root=None)
+        assert live.is_dir() and not stale.exists()
+        assert f"removed {stale.name}, a checkpoint copy left on this node by a killed attempt " \
+               f"(1.0 MiB)" in capsys.readouterr().err
+    finally:
+        holder.kill()  # SIGKILL: no cleanup of its own
+        holder.wait()
+    drop_stale_copies(live.parent)
+    assert not live.exists()
+
+
 def test_another_runs_folder_in_the_store_is_named_by_its_url(tmp_path, monkeypatch):
     """The trainer finds the mismatch in this node's scratch copy; the error names the store's
     folder, which is what the user must empty or delete."""
