@@ -45,6 +45,7 @@ from pathlib import Path
 
 from scaling.storage import RemotePath, is_url, local_state_dir, url_key
 from trainers.checkpoint import KEEP, LATEST, build_once, checkpoint_tag, lock_of
+from trainers.dist import barrier
 from trainers.records import CHECKPOINT_DIR, METRICS_FILE, MODEL_DIR, RESULT_FILE, SPEC_FILE
 
 SCRATCH_ENV = "SCALING_SCRATCH_DIR"  # where runs of URL stores train on this node
@@ -85,13 +86,6 @@ def _rank() -> int:
 def worker_file(rank: int, suffix: str) -> str:
     """worker.log / worker.pid for rank 0, worker.<rank>.log / .pid for the others."""
     return f"worker.{suffix}" if rank == 0 else f"worker.{rank}.{suffix}"
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
 
 
 def _clear(local: Path, names) -> None:
@@ -192,7 +186,7 @@ def push_checkpoint(remote: RemotePath, local: Path, step: int, is_main: bool) -
     """After every rank saved checkpoint `step` locally: its files, the loss curve, the pointer."""
     tag = checkpoint_tag(step)
     (remote / CHECKPOINT_DIR / tag).upload(local / CHECKPOINT_DIR / tag)  # the files this rank wrote
-    _barrier()  # every rank's files are in the store
+    barrier()  # every rank's files are in the store
     if not is_main:
         return
     if (local / METRICS_FILE).exists():

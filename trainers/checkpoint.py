@@ -157,6 +157,20 @@ def universal_copy(root: Path, tag: str) -> Path:
     return build_once(root / (UNIVERSAL_PREFIX + tag), tag, convert)
 
 
+def universal_copy_ranked(root: Path, tag: str, is_main: bool) -> Path:
+    """universal_copy on every rank, global rank 0 first. Ranks that share `root` with it (a run
+    store on a filesystem that several nodes mount) then find its copy done, so the conversion
+    never relies on flock across nodes (Lustre ignores it without its `flock` mount option); ranks
+    with a node copy of their own (a store at a URL: scaling/staging.py) convert it under a
+    node-local lock."""
+    from trainers.dist import barrier
+
+    if is_main:
+        universal_copy(root, tag)
+    barrier()
+    return universal_copy(root, tag)  # found done wherever rank 0 converted it
+
+
 def build_once(folder: Path, stamp: str, build: Callable[[Path], None]) -> Path:
     """`folder`, made by `build(folder)` unless a complete copy stamped `stamp` is there: the
     processes that share it (the ranks of a node) build it once. The first to take the lock beside

@@ -69,6 +69,15 @@ def keep_freed_memory() -> bool:
         return False
 
 
+def barrier() -> None:
+    """Wait for every rank of a multi-worker run (Ray Train set up the process group); nothing for
+    a one-process run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 def cuda_available() -> bool:
     import torch
 

@@ -210,7 +210,7 @@ def _build_model(ctx: _Context):
 
 
 def _build_engine(ctx: _Context, model):
-    from trainers.checkpoint import plan_resume, universal_copy, with_universal_loading
+    from trainers.checkpoint import plan_resume, universal_copy_ranked, with_universal_loading
     from trainers.dist import import_deepspeed
     from trainers.engine import build_deepspeed_config, initialize_engine
 
@@ -226,7 +226,7 @@ def _build_engine(ctx: _Context, model):
             print(f"resuming at step {ctx.resume_plan.step} on {ctx.proc.world_size} worker(s), ZeRO "
                   f"stage {ctx.spec.resources.zero_stage}, from a checkpoint of another worker count: "
                   "through DeepSpeed's universal checkpoint format", file=sys.stderr)
-        universal_copy(ctx.resume_root, ctx.resume_plan.tag)
+        universal_copy_ranked(ctx.resume_root, ctx.resume_plan.tag, ctx.proc.is_main)
         config = with_universal_loading(config)  # another worker count or ZeRO stage (checkpoint.py)
     engine, optimizer = initialize_engine(ctx.deepspeed, model, ctx.spec.recipe, config, ctx.proc.device)
     ctx.setup.engine_init_s = time.perf_counter() - t
