@@ -130,81 +130,114 @@ def run_sweep(specs: list[RunSpec], store: RunStore, executor: Executor,
               progress: Progress | None = None, poll_s: float = 0.5,
               on_event: Callable[[str], None] | None = None) -> SweepOutcome:
     """Run every unfinished spec; never retrain a run that has its result record."""
-    outcome = SweepOutcome()
-    decisions = plan_actions(store, specs)
-    todo = [d.spec for d in decisions if d.action != "skip"]
-    outcome.skipped = [d.spec.run_id for d in decisions if d.action == "skip"]
-    for run_id in outcome.skipped:  # the record exists but the driver died before saying so
-        if store.read_status(run_id).get("state") != "succeeded":
-            store.write_status(run_id, "succeeded", reconciled=True)
-    todo.sort(key=estimated_seconds, reverse=True)  # longest first shortens the makespan
-    flops_total = sum(s.achieved_flops for s in specs)
-    flops_done = sum(s.achieved_flops for s in specs if s.run_id in set(outcome.skipped))
-    attempts = {s.run_id: 0 for s in todo}
-    inflight: dict[object, RunSpec] = {}
-    active: dict[str, RunSpec] = {}  # marked running and not yet settled (a superset of inflight)
-    pending = list(todo)
-
-    def report(event: str | None = None) -> None:
-        if event and on_event:
-            on_event(event)
-        if progress:
-            progress.update(done=len(outcome.succeeded) + len(outcome.skipped), running=len(inflight),
-                            failed=len(outcome.failed), total=len(specs), flops_done=flops_done,
-                            flops_total=flops_total, event=event)
-
-    report()
+    sweep = _Sweep.start(specs, store, executor, progress, on_event)
     stood_down = False
     try:
-        while pending or inflight:
+        while sweep.pending or sweep.inflight:
             store.check_driving()  # another driver took the sweep: stand down (scaling/lease.py)
-            while pending and executor.fits(pending[0], list(inflight.values())):  # in order: no starving
-                spec = pending.pop(0)
-                attempts[spec.run_id] += 1
-                active[spec.run_id] = spec
-                store.write_spec(spec)
-                prior = store.read_status(spec.run_id).get("attempts", 0)
-                store.write_status(spec.run_id, "running", attempts=int(prior) + 1,
-                                   started_at=time.time())
-                inflight[executor.submit(spec, store.run_dir(spec.run_id))] = spec
-            finished = executor.wait(list(inflight), poll_s)
+            sweep.admit()
+            finished = executor.wait(list(sweep.inflight), poll_s)
             store.check_driving()  # again: the wait is where a suspended driver wakes up
             for handle, result in finished:
-                spec = inflight.pop(handle)
-                if result.ok and store.read_result(spec.run_id) is not None:
-                    store.write_status(spec.run_id, "succeeded", finished_at=time.time())
-                    active.pop(spec.run_id, None)
-                    outcome.succeeded.append(spec.run_id)
-                    outcome.failed.pop(spec.run_id, None)
-                    flops_done += spec.achieved_flops
-                    report(f"done {spec.run_id}")
-                    continue
-                error = result.error or "the run ended without writing result.json"
-                store.write_status(spec.run_id, "failed", error=error, traceback=result.traceback,
-                                   worker_died=result.worker_died, finished_at=time.time())
-                active.pop(spec.run_id, None)
-                if attempts[spec.run_id] <= spec.max_retries:
-                    pending.insert(0, spec)  # retry next, resuming from its checkpoint if any
-                    report(f"retry {spec.run_id} ({error})")
-                else:
-                    outcome.failed[spec.run_id] = error
-                    report(f"failed {spec.run_id}: {error}")
+                sweep.settle(sweep.inflight.pop(handle), result)
     except LeaseLost:
         stood_down = True  # the other driver owns every run's status now: write none
-        executor.cancel(list(inflight))
+        executor.cancel(list(sweep.inflight))
         raise
     except KeyboardInterrupt:
-        outcome.interrupted = True
-        executor.cancel(list(inflight))
-        for spec in active.values():  # also a run caught between its status write and dispatch
-            done = store.read_result(spec.run_id) is not None
-            store.write_status(spec.run_id, "succeeded" if done else "interrupted",
-                               **({} if done else {"error": "interrupted by the user"}))
+        sweep.interrupt()
         raise
     finally:
         if not stood_down:
             store.rebuild_results(specs)
-    return outcome
+    return sweep.outcome
+
+
+@dataclass
+class _Sweep:
+    """The driver's bookkeeping during one run_sweep: what waits, what runs, what it reported."""
+
+    specs: list[RunSpec]
+    store: RunStore
+    executor: Executor
+    progress: Progress | None
+    on_event: Callable[[str], None] | None
+    outcome: SweepOutcome
+    pending: list[RunSpec]  # in start order: longest first, retries at the front
+    attempts: dict[str, int]  # this driver's attempts per run
+    flops_done: float
+    inflight: dict[object, RunSpec] = field(default_factory=dict)
+    active: dict[str, RunSpec] = field(default_factory=dict)  # marked running, not yet settled
+
+    @classmethod
+    def start(cls, specs, store, executor, progress, on_event) -> "_Sweep":
+        outcome = SweepOutcome()
+        decisions = plan_actions(store, specs)
+        outcome.skipped = [d.spec.run_id for d in decisions if d.action == "skip"]
+        for run_id in outcome.skipped:  # the record exists but the driver died before saying so
+            if store.read_status(run_id).get("state") != "succeeded":
+                store.write_status(run_id, "succeeded", reconciled=True)
+        todo = sorted((d.spec for d in decisions if d.action != "skip"), key=estimated_seconds,
+                      reverse=True)  # longest first shortens the makespan
+        skipped = set(outcome.skipped)
+        sweep = cls(specs, store, executor, progress, on_event, outcome, todo,
+                    {s.run_id: 0 for s in todo},
+                    sum(s.achieved_flops for s in specs if s.run_id in skipped))
+        sweep.report()
+        return sweep
+
+    def report(self, event: str | None = None) -> None:
+        if event and self.on_event:
+            self.on_event(event)
+        if self.progress:
+            self.progress.update(
+                done=len(self.outcome.succeeded) + len(self.outcome.skipped),
+                running=len(self.inflight), failed=len(self.outcome.failed), total=len(self.specs),
+                flops_done=self.flops_done, flops_total=sum(s.achieved_flops for s in self.specs),
+                event=event)
+
+    def admit(self) -> None:
+        """Start pending runs, in order (no starving a large one), while they fit."""
+        while self.pending and self.executor.fits(self.pending[0], list(self.inflight.values())):
+            spec = self.pending.pop(0)
+            self.attempts[spec.run_id] += 1
+            self.active[spec.run_id] = spec
+            self.store.write_spec(spec)
+            prior = self.store.read_status(spec.run_id).get("attempts", 0)
+            self.store.write_status(spec.run_id, "running", attempts=int(prior) + 1,
+                                    started_at=time.time())
+            self.inflight[self.executor.submit(spec, self.store.run_dir(spec.run_id))] = spec
+
+    def settle(self, spec: RunSpec, result: Outcome) -> None:
+        """Record how an attempt ended: succeeded, retried next, or failed for good. The run
+        leaves `active` only once its status is written (a Ctrl-C in between still settles it)."""
+        if result.ok and self.store.read_result(spec.run_id) is not None:
+            self.store.write_status(spec.run_id, "succeeded", finished_at=time.time())
+            self.active.pop(spec.run_id, None)
+            self.outcome.succeeded.append(spec.run_id)
+            self.outcome.failed.pop(spec.run_id, None)
+            self.flops_done += spec.achieved_flops
+            self.report(f"done {spec.run_id}")
+            return
+        error = result.error or "the run ended without writing result.json"
+        self.store.write_status(spec.run_id, "failed", error=error, traceback=result.traceback,
+                                worker_died=result.worker_died, finished_at=time.time())
+        self.active.pop(spec.run_id, None)
+        if self.attempts[spec.run_id] <= spec.max_retries:
+            self.pending.insert(0, spec)  # retry next, resuming from its checkpoint if any
+            self.report(f"retry {spec.run_id} ({error})")
+        else:
+            self.outcome.failed[spec.run_id] = error
+            self.report(f"failed {spec.run_id}: {error}")
+
+    def interrupt(self) -> None:
+        """Ctrl-C: cancel the runs in flight and mark every run not settled."""
+        self.outcome.interrupted = True
+        self.executor.cancel(list(self.inflight))
+        for spec in self.active.values():  # also a run caught between its status write and dispatch
+            done = self.store.read_result(spec.run_id) is not None
+            self.store.write_status(spec.run_id, "succeeded" if done else "interrupted",
+                                    **({} if done else {"error": "interrupted by the user"}))
 
 
 def describe_exception(exc: BaseException) -> tuple[str, str]:
