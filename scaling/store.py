@@ -283,7 +283,8 @@ RESULT_COLUMNS = (
     "flops_convention", "n_layers", "d_model", "n_heads", "n_params", "n_params_total", "n_tokens",
     "tokens_per_param", "steps", "val_loss", "val_bits_per_byte", "train_loss",
     "unigram_entropy_nats", "tokens_per_second", "wall_seconds", "setup_seconds",
-    "peak_memory_bytes", "config_hash", "code_version")
+    "peak_memory_bytes", "device", "precision", "world_size", "cpu_capability", "config_hash",
+    "code_version")  # where and how each run trained: a sweep's tiers may mix GPUs and CPUs
 
 
 def results_row(record: dict[str, Any]) -> dict[str, Any]:

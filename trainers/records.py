@@ -121,7 +121,13 @@ def peak_rss_bytes() -> int:
 
 
 def host_info() -> dict[str, str]:
-    return {"hostname": socket.gethostname(), "platform": platform.platform()}
+    """Where the run trained. cpu_capability is the vector instruction set torch's CPU kernels
+    dispatch to (AVX2, AVX512, ...): their rounding differs, so CPU runs on two machines end at
+    slightly different losses (README, "The demo")."""
+    import torch
+
+    return {"hostname": socket.gethostname(), "platform": platform.platform(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def build_result(spec, *, device: str, world_size: int, precision: str, micro_batch_seqs: int,

@@ -100,6 +100,10 @@ def test_sweep_then_idempotent_rerun(sweep):
 
     table = pd.read_parquet(root / "results.parquet")
     assert len(table) == 6 and table["val_loss"].notna().all()
+    import torch  # where each run trained, beside its losses
+
+    assert set(table["device"]) == {"cpu"} and set(table["precision"]) == {"fp32"}
+    assert set(table["cpu_capability"]) == {torch.backends.cpu.get_cpu_capability()}
     assert not ray_processes(ray_tmp)  # a normal exit leaves no Ray process
     mtimes = {p: p.stat().st_mtime for p in root.glob("runs/*/result.json")}
     began = time.monotonic()
