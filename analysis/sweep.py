@@ -100,9 +100,30 @@ def skewed_interval_warnings(label: str, boot: BootstrapSamples, estimates: dict
     return found
 
 
+# Columns of a sweep's results table whose mixture within one group shifts losses systematically
+# (bf16 against fp32: 0.05 nats on the CPU smoke grid's AR, benchmarks/GPU_NOTES.md).
+SETUP_COLUMNS = ("device", "precision")
+
+
+def mixed_setup_warnings(label: str, rows: pd.DataFrame) -> list[str]:
+    """A warning per setup column whose values differ within the group's runs."""
+    found = []
+    for column in SETUP_COLUMNS:
+        if column not in rows:
+            continue
+        counts = rows[column].dropna().astype(str).value_counts()
+        if len(counts) > 1:
+            mix = ", ".join(f"{value} {count}" for value, count in sorted(counts.items()))
+            found.append(f"group {label}: its runs trained on mixed {column} ({mix} runs); their "
+                         f"losses are not on one footing: fit them apart with --group-by "
+                         f"family,{column}, or retrain on one setup")
+    return found
+
+
 def fit_group(label: str, key: dict, rows: pd.DataFrame, options: FitOptions, stream: int) -> GroupResult:
     """Every approach on one group's rows (which carry a `budget` column)."""
-    errors, warnings, notes = [], [], []
+    errors, notes = [], []
+    warnings = mixed_setup_warnings(label, rows)
     on_budget = rows[np.isfinite(rows["budget"])]
     if len(on_budget) < len(rows):
         warnings.append(f"group {label}: {len(rows) - len(on_budget)} runs match no budget; "

@@ -222,6 +222,25 @@ def test_fit_at_a_compute_answers_for_every_group(sweep_dir, capsys):
     assert not (sweep_dir / "fits" / "predictions.csv").exists()
 
 
+def test_a_family_trained_on_mixed_precision_is_a_visible_warning(tmp_path, capsys):
+    """A sweep's tiers may put some runs on a GPU in bf16 and others on a CPU in fp32; the fit
+    says so, and --group-by family,precision fits them apart."""
+    table = make_sweep_table(FAMILIES, budgets=(1e18, 1e19, 1e20), n_sizes=5, span_dex=1.0, noise=0.003)
+    table["device"], table["precision"] = "cpu", "fp32"
+    gpu = (table["family"] == "ar") & (table["flops_budget"] == 1e20)
+    table.loc[gpu, ["device", "precision"]] = ["NVIDIA H100 80GB HBM3", "bf16"]
+    table.to_parquet(tmp_path / "results.parquet", index=False)
+    assert run(["fit", str(tmp_path), "--bootstrap", "0"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "mixed" in line]
+    assert warned == [
+        "warning: group ar: its runs trained on mixed device (NVIDIA H100 80GB HBM3 5, cpu 10 runs); "
+        "their losses are not on one footing: fit them apart with --group-by family,device, or "
+        "retrain on one setup",
+        "warning: group ar: its runs trained on mixed precision (bf16 5, fp32 10 runs); their losses "
+        "are not on one footing: fit them apart with --group-by family,precision, or retrain on one "
+        "setup"]
+
+
 def test_edge_vertex_is_an_error_or_a_visible_warning(tmp_path, capsys):
     table = make_sweep_table({"ar": CHINCHILLA_SURFACE}, budgets=(1e18, 1e19, 1e20), n_sizes=5, span_dex=0.5)
     table["n_params"] *= 10 ** 0.6  # every grid now sits above the optimum
