@@ -189,7 +189,9 @@ def build_once(folder: Path, stamp: str, build: Callable[[Path], None]) -> Path:
 
 
 def lock_of(folder: Path) -> Path:
-    """The lock file of a build_once folder, beside it (removed with the folder's parent)."""
+    """The lock file of a build_once folder, beside it. It outlives the folder: unlinked while a
+    process waits on it, two processes could hold the lock (a universal copy's goes with the run's
+    checkpoints folder; scaling/staging.drop_scratch removes a node copy's)."""
     return folder.with_name(f".{folder.name}.lock")
 
 

@@ -82,8 +82,11 @@ class ForeignRunError(UserError):
     store at a URL name its own folder rather than the node's scratch copy (scaling/staging.py)."""
 
     def __init__(self, folder, what: str):
-        self.what = what
+        self.folder, self.what = folder, what
         super().__init__(f"{folder} holds {what}; give an empty --out directory or delete it")
+
+    def __reduce__(self):  # picklable across processes (Ray), though __init__ takes two arguments
+        return type(self), (self.folder, self.what)
 
 
 def _check_existing(run_dir: Path, spec: RunSpec) -> dict | None:

@@ -315,6 +315,28 @@ def test_an_unwritable_out_is_one_line(sweep_dir, tmp_path, command):
         run([command, str(sweep_dir), "--out", str(a_file), "--bootstrap", "0"])
 
 
+def test_a_wild_bootstrap_resample_draws_no_numpy_warning():
+    """A resample of a few budgets may draw an exponent of 40 (its curve overflows) and a
+    coefficient of 0 (0 x inf): the band leaves those points out without a RuntimeWarning."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from analysis.bootstrap import BootstrapSamples
+    from analysis.plots import _band
+
+    boot = BootstrapSamples(4, 0, {"k": np.array([0.1, 0.2, 0.0, 0.15]),
+                                   "a": np.array([0.5, 0.52, 40.0, 0.49])})
+    ax = Figure().subplots()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _band(ax, np.logspace(18, 22, 9), boot, "k", "a", "C0")
+    assert len(ax.collections) == 1
+
+
 def test_plot_rejects_unknown_format(sweep_dir):
     with pytest.raises(UserError, match="--formats: gif"):
         run(["plot", str(sweep_dir), "--formats", "png,gif"])
