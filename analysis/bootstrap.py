@@ -67,6 +67,18 @@ class BootstrapSamples:
         lo, hi = np.percentile(values, [tail, 100.0 - tail], axis=0)
         return (float(lo), float(hi)) if np.ndim(lo) == 0 else (lo, hi)
 
+    def power_law_at(self, coef: str, exponent: str, flops) -> np.ndarray:
+        """coef x flops ** exponent per resample (a row each when flops is an array). A resample
+        of a few budgets can draw a wild exponent: its value overflows to inf (0 x inf: nan) far
+        from the fitted range. Percentiles rank inf last and matplotlib leaves such points out, so
+        numpy's RuntimeWarnings (printed in the middle of `make demo`'s output) are silenced."""
+        flops = np.asarray(flops, float)
+        k, a = self.samples[coef], self.samples[exponent]
+        if flops.ndim:
+            k, a = k[:, None], a[:, None]
+        with np.errstate(over="ignore", invalid="ignore"):
+            return k * flops ** a
+
     def se(self, name: str) -> float:
         values = self.samples[name]
         return float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")

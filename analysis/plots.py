@@ -132,13 +132,7 @@ def plot_isoflop_curves(groups: list[GroupResult]) -> Figure:
 def _band(ax, flops, boot, coef_name, exp_name, color):
     if boot is None or len(boot.samples[exp_name]) < 2:
         return
-    # A resample of a few budgets can draw a wild exponent: its curve overflows to inf (0 x inf is
-    # nan) far from the fitted range. Matplotlib leaves such points out, so only numpy's warnings
-    # (a RuntimeWarning in the middle of `make demo`'s output) are silenced.
-    with np.errstate(over="ignore", invalid="ignore"):
-        curves = boot.samples[coef_name][:, None] * flops[None] ** boot.samples[exp_name][:, None]
-    tail = 100 * (1 - boot.level) / 2
-    lo, hi = np.percentile(curves, [tail, 100 - tail], axis=0)
+    lo, hi = boot.interval_of(boot.power_law_at(coef_name, exp_name, flops))
     ax.fill_between(flops, lo, hi, color=color, alpha=0.2, lw=0)
 
 

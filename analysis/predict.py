@@ -55,7 +55,7 @@ def predict_at(g: GroupResult, flops: float) -> Prediction:
         lo = hi = nan
         boot = g.isoflop_boot
         if law and boot is not None and len(boot.samples[exponent]):
-            lo, hi = boot.interval_of(boot.samples[coef] * flops ** boot.samples[exponent])
+            lo, hi = boot.interval_of(boot.power_law_at(coef, exponent, flops))
         values[f"{name}_lo"], values[f"{name}_hi"] = lo, hi
     n3, d3 = (float(v) for v in g.parametric.compute_optimal(flops)) if g.parametric else (nan, nan)
     largest = max(o.flops for o in g.isoflop.optima) if g.isoflop else nan

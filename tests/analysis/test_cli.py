@@ -317,7 +317,8 @@ def test_an_unwritable_out_is_one_line(sweep_dir, tmp_path, command):
 
 def test_a_wild_bootstrap_resample_draws_no_numpy_warning():
     """A resample of a few budgets may draw an exponent of 40 (its curve overflows) and a
-    coefficient of 0 (0 x inf): the band leaves those points out without a RuntimeWarning."""
+    coefficient of 0 (0 x inf): the band and `--at`'s interval leave those points out without a
+    RuntimeWarning."""
     import warnings
 
     import matplotlib
@@ -334,7 +335,9 @@ def test_a_wild_bootstrap_resample_draws_no_numpy_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _band(ax, np.logspace(18, 22, 9), boot, "k", "a", "C0")
+        at_1e22 = boot.power_law_at("k", "a", 1e22)  # `scaling fit --at`'s interval
     assert len(ax.collections) == 1
+    assert at_1e22[0] == pytest.approx(0.1 * 1e11) and np.isnan(at_1e22[2])
 
 
 def test_plot_rejects_unknown_format(sweep_dir):
