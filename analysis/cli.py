@@ -5,7 +5,9 @@ scaling/cli.py calls register(subparsers); each subcommand sets func(args) -> ex
   CSV + Markdown (+ fits.json) into --out, shows accepted edge vertices, boundary fits and
   left-out budgets as `warning:` lines and failed fits as `error:` lines on stderr. Exit 0 when
   every fit succeeded, 1 when some fit raised FitError (the rest are still reported and written).
-- plot: fits the same way and writes the figures (PNG, PDF, SVG by default), printing their paths.
+- plot: fits the same way and writes the figures (PNG, PDF, SVG by default), printing their paths;
+  of the fits' diagnostics it prints one line counting them (`fit` prints them; `make demo` runs
+  both, one after the other). Same exit status as fit.
 Anything the user got wrong (missing file, unknown column, bad --columns) raises UserError, which
 the top-level CLI prints as one line with exit status 2.
 """
@@ -127,7 +129,9 @@ def _sweep_dirs(paths) -> list:
     return resolved
 
 
-def _fit(args):
+def _fit(args, diagnostics: bool = True):
+    """Load and fit; print the fits' warnings, errors and notes, or (diagnostics=False, for `plot`,
+    which `make demo` runs right after `fit`) one line counting them."""
     from analysis.sweep import fit_sweep
     from analysis.table import load_runs, parse_columns
 
@@ -139,6 +143,13 @@ def _fit(args):
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     result = fit_sweep(df, options)
+    if not diagnostics:
+        if result.errors or result.warnings:
+            counts = ", ".join(f"{len(lines)} {kind}{'' if len(lines) == 1 else 's'}" for kind, lines
+                               in (("error", result.errors), ("warning", result.warnings)) if lines)
+            print(f"note: the figures show what did fit ({counts}: `scaling fit` with the same "
+                  f"arguments prints them)", file=sys.stderr)
+        return result
     for line in result.warnings:
         print(f"warning: {line}", file=sys.stderr)
     for line in result.errors:
@@ -198,7 +209,7 @@ def run_plot(args) -> int:
         raise UserError(f"--formats: {', '.join(unknown) or 'none given'}; choose from {', '.join(FORMATS)}")
     from analysis.plots import make_figures
 
-    result = _fit(args)
+    result = _fit(args, diagnostics=False)
     for path in make_figures(result, writable_folder(_default_out(args, "figures"), "--out"), formats):
         print(path)
     return 1 if result.errors else 0

@@ -246,6 +246,9 @@ def test_edge_vertex_is_an_error_or_a_visible_warning(tmp_path, capsys):
     table.to_csv(tmp_path / "results.csv", index=False)
     assert run(["fit", str(tmp_path), "--bootstrap", "0"]) == 1
     assert "outside the sampled sizes" in capsys.readouterr().err
+    assert run(["plot", str(tmp_path), "--bootstrap", "0", "--formats", "png"]) == 1
+    assert capsys.readouterr().err == ("note: the figures show what did fit (1 error: `scaling fit` "
+                                       "with the same arguments prints them)\n")
     assert run(["fit", str(tmp_path), "--bootstrap", "0", "--accept-edge-vertex"]) == 0
     err = capsys.readouterr().err
     assert err.count("warning: ") >= 3 and "extrapolated, accepted" in err
