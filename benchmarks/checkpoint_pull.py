@@ -57,13 +57,15 @@ def per_node(args: tuple[Path, Path, int]) -> None:
 
 def timed(fn, store: Path, node: Path, ranks: int) -> tuple[float, float]:
     """(seconds until every rank has the checkpoint, MiB written on the node)."""
+    from scaling.staging import folder_mib
+
     shutil.rmtree(node, ignore_errors=True)
     node.mkdir()
     with Pool(ranks) as pool:
         started = time.perf_counter()
         pool.map(fn, [(store, node, rank) for rank in range(ranks)])
         elapsed = time.perf_counter() - started
-    return elapsed, sum(f.stat().st_size for f in node.rglob("*") if f.is_file()) / 2**20
+    return elapsed, folder_mib(node)
 
 
 def main() -> None:

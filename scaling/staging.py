@@ -141,9 +141,9 @@ def pull_checkpoint(remote: RemotePath, info: dict, shared: Path) -> Path:
         started = time.perf_counter()
         (remote / CHECKPOINT_DIR / tag).download(folder / tag)
         (folder / LATEST).write_text(json.dumps({"tag": tag, "step": info["step"]}))
-        size_mib = sum(f.stat().st_size for f in (folder / tag).rglob("*") if f.is_file()) / 2**20
-        print(f"pulled checkpoint {tag} from the store for this node's ranks: {size_mib:.1f} MiB "
-              f"in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+        print(f"pulled checkpoint {tag} from the store for this node's ranks: "
+              f"{folder_mib(folder / tag):.1f} MiB in {time.perf_counter() - started:.1f} s",
+              file=sys.stderr)
 
     return build_once(shared, tag, download)  # its lock is kept by drop_pulled, removed by drop_scratch
 
@@ -166,10 +166,15 @@ def drop_stale_copies(scratch_root: Path) -> None:
                 fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # an attempt on this node holds it (ours among them)
-            size_mib = sum(f.stat().st_size for f in copy.rglob("*") if f.is_file()) / 2**20
+            size_mib = folder_mib(copy)
             shutil.rmtree(copy, ignore_errors=True)
             print(f"removed {copy.name}, a checkpoint copy left on this node by a killed attempt "
                   f"({size_mib:.1f} MiB)", file=sys.stderr)
+
+
+def folder_mib(folder: Path) -> float:
+    """The MiB the files under `folder` hold."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
 
 
 def _inuse_of(shared: Path) -> Path:
