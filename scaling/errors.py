@@ -16,6 +16,14 @@ class UserError(Exception):
         super().__init__(" ".join(str(message).split()))  # always a single line
 
 
+def did_you_mean(name: str, known, otherwise: str) -> str:
+    """The fix for a misspelt name: the closest of `known`, else `otherwise`."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    return f"did you mean {close[0]!r}?" if close else otherwise
+
+
 def writable_folder(path, chosen_by: str):
     """Create `path` (and its parents) now, before any work whose results would go there; a folder
     that cannot be made is a UserError naming the flag or YAML key that chose it. A URL

@@ -8,12 +8,12 @@ A quoted "1e18" stays a string and is rejected where a number is expected.
 
 from __future__ import annotations
 
-import difflib
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (BaseModel, ConfigDict, Field, Strict as StrictType, StrictBool, ValidationError,
                       field_validator, model_validator)
 
+from scaling.errors import did_you_mean
 from trainers.families.registry import FAMILIES, get_entry
 
 Positive = Annotated[float, Field(gt=0)]
@@ -53,8 +53,7 @@ class FamilyChoice(Strict):
             key = ".".join(str(p) for p in first["loc"])
             if first["type"] == "extra_forbidden":
                 known = list(get_entry(self.family).options_model.model_fields)
-                close = difflib.get_close_matches(key, known, n=1)
-                fix = f"did you mean {close[0]!r}?" if close else "remove it"
+                fix = did_you_mean(key, known, "remove it")
                 raise ValueError(f"options.{key}: family {self.family} has no option {key!r}; {fix} "
                                  f"(its options: {', '.join(known) or 'none'})") from None
             allowed = first.get("ctx", {}).get("expected", "")
@@ -356,8 +355,7 @@ class Sweep(Strict):
         for i, tier in enumerate(self.resources.tiers):
             for j, name in enumerate(tier.families or []):
                 if name not in labels:
-                    close = difflib.get_close_matches(name, labels, n=1)
-                    fix = f"did you mean {close[0]!r}?" if close else "write one of them as it is"
+                    fix = did_you_mean(name, labels, "write one of them as it is")
                     raise ValueError(
                         f"resources.tiers[{i}].families[{j}]: {name!r} is not a family label of this "
                         f"sweep ({', '.join(labels)}); {fix}")

@@ -6,7 +6,6 @@ budgets, so this loader reads them as numbers (the YAML 1.2 rule), and says so i
 
 from __future__ import annotations
 
-import difflib
 import re
 import typing
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from scaling.errors import UserError
+from scaling.errors import UserError, did_you_mean
 from scaling.recipes import resolve_recipe
 from scaling.schema import Sweep
 
@@ -98,8 +97,7 @@ def format_error(err: dict) -> str:
     kind, ctx, value = err["type"], err.get("ctx", {}), err.get("input")
     if kind == "extra_forbidden":
         key = err["loc"][-1] if err["loc"] else "?"
-        close = difflib.get_close_matches(str(key), known_keys(err["loc"][:-1]), n=1)
-        fix = f"did you mean {close[0]!r}?" if close else "remove it or fix its spelling"
+        fix = did_you_mean(key, known_keys(err["loc"][:-1]), "remove it or fix its spelling")
         return f"{where}: unknown key {key!r}; {fix} (see README: sweep format)"
     if kind == "missing" and err["loc"] and isinstance(err["loc"][-1], int):
         return f"{format_location(err['loc'][:-1])}: too few items; give all {err['loc'][-1] + 1} or more"
