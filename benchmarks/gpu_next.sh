@@ -4,12 +4,12 @@
 # the warm machine `bash benchmarks/gpu_next.sh 2`. Logs under $OUT (the device tool's folder that
 # comes back), else /tmp/gpu_next. Assumes DeepSpeed is importable (GPU_NOTES: the .whl/ prefix).
 #
-#   call 1 (about 8 minutes): AR, bf16 weights, fused head, micro-batches of 32, the whole model
-#     compiled (the fifth lease's best, 31.9%, rerun on this card as the baseline), then the same in
-#     max-autotune mode (matmul templates with fused epilogues: minutes of tuning).
-#   call 2 (about 5 minutes): the other families at micro-batches of 32, bf16 weights, fused head:
-#     Duo with the whole model compiled (one shape, compiles once), MDLM and Eso-LM with the trunk
-#     (their scored rows vary, which recompiles a whole-model graph at every step).
+#   call 1 (about 6 minutes): AR, bf16 weights, fused head, micro-batches of 32, the whole model
+#     compiled: without DeepSpeed's throughput timer (the product's config since 2026-11-28), then
+#     with it (its two device syncs per micro-batch: how the fifth lease's 31.9% was measured), then
+#     the product's GPU default path (compiled blocks, autocast, micro-batches of 16) if time is left.
+#   call 2 (about 6 minutes): the first variant of call 1 in max-autotune mode (matmul templates
+#     with fused epilogues: minutes of tuning).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_next}
@@ -17,11 +17,10 @@ mkdir -p "$OUT"
 common=(LOG_DIR="$OUT" ROUNDS=2 STEPS=2 PROFILE_STEPS=1 PROFILE_TOP=8)
 case "${1:-}" in
   1)
-    env "${common[@]}" BUDGET_S=200 VARIANT_TIMEOUT_S=330 VARIANTS="ar:whole:auto:32:256:bf16w+fusedhead \
-ar:whole-autotune:auto:32:256:bf16w+fusedhead" bash benchmarks/gpu_variants.sh ;;
+    env "${common[@]}" BUDGET_S=280 VARIANT_TIMEOUT_S=200 VARIANTS="ar:whole:auto:32:256:bf16w+fusedhead \
+ar:whole:auto:32:256:bf16w+fusedhead+dstimer ar:blocks:auto:16:256:fusedhead" bash benchmarks/gpu_variants.sh ;;
   2)
-    env "${common[@]}" BUDGET_S=200 VARIANT_TIMEOUT_S=160 VARIANTS="duo:whole:auto:32:256:bf16w+fusedhead \
-mdlm:trunk:auto:32:256:bf16w+fusedhead esolm:trunk:auto:32:256:bf16w+fusedhead" \
-      bash benchmarks/gpu_variants.sh ;;
+    env "${common[@]}" BUDGET_S=60 VARIANT_TIMEOUT_S=380 \
+      VARIANTS="ar:whole-autotune:auto:32:256:bf16w+fusedhead" bash benchmarks/gpu_variants.sh ;;
   *) echo "usage: bash benchmarks/gpu_next.sh 1|2 (GPU_NOTES.md, \"Sixth lease plan\")" >&2; exit 2 ;;
 esac

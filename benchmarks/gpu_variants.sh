@@ -13,7 +13,10 @@
 # instead of autocast), dsclip (DeepSpeed's own gradient clipping), fusedhead (the head and loss
 # fused chunk by chunk: trainers/fused_head.py, resources.fused_head; without it, the plain head,
 # whatever a run's default), chunkMIB (with fusedhead: its chunk budget in MiB of float32 logits,
-# e.g. chunk256), cg (CUDA graphs: with compile trunk, the trunk replayed as CUDA graphs). Variants
+# e.g. chunk256), cg (CUDA graphs: with compile trunk, the trunk replayed as CUDA graphs), dstimer
+# (DeepSpeed's throughput timer back on, as DeepSpeed's default: two device syncs per micro-batch,
+# which trainers/engine.py turns off). Every variant also prints the device syncs of one optimizer
+# step (--sync-report). Variants
 # stop being started once BUDGET_S seconds have passed. PROFILE_STEPS
 # optimizer steps are profiled (default 3), PROFILE_TOP kernels listed (default 8).
 # DS_OVERRIDES (JSON) is merged into every variant's DeepSpeed config (it wins over the bf16w
@@ -39,6 +42,7 @@ for v in $VARIANTS; do
   [[ "+${opts:-}+" == *+bf16w+* ]] && extra+=(--deepspeed-overrides '{"bf16": {"enabled": true}, "torch_autocast": {"enabled": false}}')
   [[ "+${opts:-}+" == *+dsclip+* ]] && extra+=(--deepspeed-clip)
   [[ "+${opts:-}+" == *+cg+* ]] && extra+=(--cuda-graphs)
+  [[ "+${opts:-}+" == *+dstimer+* ]] && extra+=(--deepspeed-timer)
   # the head is named either way: a variant means the same whatever a run's default is
   if [[ "+${opts:-}+" == *+fusedhead+* ]]; then extra+=(--fused-head on); else extra+=(--fused-head off); fi
   chunk=$(grep -o -E '(^|\+)chunk[0-9]+' <<<"${opts:-}" | grep -o -E '[0-9]+')
@@ -48,11 +52,11 @@ for v in $VARIANTS; do
   t0=$(date +%s)
   timeout ${VARIANT_TIMEOUT_S:-150} $PY benchmarks/train_throughput.py --part gpu --family "$family" --compile "$compile" \
     --attention "$attention" --micro-batch "$micro" --rounds "${ROUNDS:-2}" --steps "${STEPS:-20}" \
-    --no-plain --profile-steps "${PROFILE_STEPS:-3}" --profile-top "${PROFILE_TOP:-8}" "${extra[@]}" \
+    --no-plain --sync-report --profile-steps "${PROFILE_STEPS:-3}" --profile-top "${PROFILE_TOP:-8}" "${extra[@]}" \
     ${DS_OVERRIDES:+--deepspeed-overrides "$DS_OVERRIDES"} \
     >"$log" 2>&1
   rc=$?
-  grep -v -i -E "warn|^\s*$" "$log" | grep -E "^(gpu|profile|  |    |mfu|peak|cudagraph|Traceback|[A-Za-z]*Error)|skipping cudagraphs" | head -30
+  grep -v -i -E "warn|^\s*$" "$log" | grep -E "^(gpu|profile|  |    |mfu|peak|cudagraph|syncs|Traceback|[A-Za-z]*Error)|skipping cudagraphs" | head -30
   tps=$(awk '/^gpu_deepspeed_tokens_per_s/ {print $2}' "$log")
   mfu=$(awk '/^mfu / {print $2}' "$log")
   palm=$(awk '/^mfu_palm/ {print $2}' "$log")

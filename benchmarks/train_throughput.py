@@ -76,15 +76,19 @@ def plain_steps(model, optimizer, family, data, cfg, first: int, last: int, devi
     batch = cfg.global_batch_seqs
     micro = micro or batch
     params = [p for p in model.parameters()]
+
+    def to_device(host: torch.Tensor) -> torch.Tensor:  # as the engine's loop: a copy from pageable
+        # memory (or .to() without non_blocking) makes the host wait for the GPU's queue
+        return host if device == "cpu" else host.pin_memory().to(device, non_blocking=True)
+
     for step in range(first, last):
         lr = cfg.lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         for start in range(0, batch, micro):
-            tokens = train_batch(data, step, batch, cfg.seed, start=start, count=micro).to(
-                device, non_blocking=True)
+            tokens = to_device(train_batch(data, step, batch, cfg.seed, start=start, count=micro))
             time_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step, TIME_STREAM))
-            t = sample_stratified_times(batch, start, micro, time_gen).to(device)
+            t = to_device(sample_stratified_times(batch, start, micro, time_gen))
             gen = torch.Generator(torch.device(device))
             gen.manual_seed(derive_seed(cfg.seed, step, CORRUPT_STREAM, start))
             begin_micro_batch()
@@ -155,8 +159,8 @@ def measure(args, device: str, precision: str, micro_batch: int,
 
     from trainers.dist import import_deepspeed, prepare_process
     from trainers.kernels import compile_blocks, compile_trunk, configure
-    from trainers.engine import (LoopState, build_deepspeed_config, initialize_engine, plan_batches,
-                                 train_steps)
+    from trainers.engine import (LoopState, build_deepspeed_config, deep_merge, initialize_engine,
+                                 plan_batches, train_steps)
     from scaling.schema import Resources
 
     proc = prepare_process(args.threads, use_gpu=device != "cpu")
@@ -179,8 +183,10 @@ def measure(args, device: str, precision: str, micro_batch: int,
     family, model, plain, plain_opt, recipe, data, loop_config = build_pair(args, device, precision,
                                                                           micro_batch, global_batch)
     plan = plan_batches(global_batch, micro_batch, 1)
-    config = build_deepspeed_config(recipe, Resources(deepspeed_overrides=args.deepspeed_overrides),
-                                    plan, precision)
+    overrides = args.deepspeed_overrides
+    if args.deepspeed_timer:  # DeepSpeed's default, which the product turns off (trainers/engine.py)
+        overrides = deep_merge(overrides, {"timers": {"throughput": {"enabled": True}}})
+    config = build_deepspeed_config(recipe, Resources(deepspeed_overrides=overrides), plan, precision)
     engine, optimizer = initialize_engine(deepspeed, model, recipe, config, device)
     if args.deepspeed_clip and "clip_fp32_gradients" in vars(engine):
         del engine.clip_fp32_gradients  # back to DeepSpeed's own (trainers/engine.clip_gradients)
@@ -234,10 +240,49 @@ def measure(args, device: str, precision: str, micro_batch: int,
         from torch._dynamo.utils import counters
 
         print(f"cudagraph_skips {counters['inductor']['cudagraph_skips']}", flush=True)
+    if args.sync_report and device != "cpu":
+        sync_report(engine, optimizer, family, data, loop_config, plan, device, precision, step)
+        step += 1
     if args.profile_steps:
         profile_steps(args, engine, optimizer, family, data, loop_config, plan, device, precision, step)
     ds, pl = statistics.median(ds_rates), statistics.median(plain_rates)
     return {"deepspeed": ds, "plain": pl, "ratio": ds / pl, "peak_bytes": peak_bytes}
+
+
+def sync_report(engine, optimizer, family, data, loop_config, plan, device, precision,
+                first: int) -> None:
+    """The device synchronisations of one optimizer step of the DeepSpeed loop, each a point where
+    the GPU's queue drains and the GPU idles until the host queues again: explicit ones (the
+    accelerator's synchronize: DeepSpeed's throughput timer) and the implicit ones torch's sync
+    debug mode sees (.item(), bool() of a device tensor, pageable copies, nonzero), by place.
+    The loop reads its loss back once at the end of the step (train_steps' log row): one expected."""
+    import collections
+    import warnings
+
+    import torch
+    from deepspeed.accelerator import get_accelerator
+
+    from trainers.engine import LoopState, train_steps
+
+    accelerator, explicit = get_accelerator(), []
+    synchronize = accelerator.synchronize
+    accelerator.synchronize = lambda *a, **k: explicit.append(1) or synchronize(*a, **k)
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train_steps(engine, optimizer, family, data, loop_config(first + 1), plan, rank=0,
+                        device=device, precision=precision, state=LoopState(step=first),
+                        metrics=_NullMetrics())
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        accelerator.synchronize = synchronize
+    implicit = [w for w in caught if "synchroniz" in str(w.message)]
+    places = collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in implicit)
+    print(f"syncs_per_step explicit {len(explicit)} implicit {len(implicit)} "
+          f"({plan.accumulation_steps} micro-batches)", flush=True)
+    for place, count in places.most_common(6):
+        print(f"  {count}x {place}")
 
 
 def kernel_category(name: str) -> str:
@@ -397,6 +442,11 @@ def parse_args(argv=None):
                    help="JSON merged into the DeepSpeed config, as resources.deepspeed_overrides "
                         "(e.g. bf16 weights: '{\"bf16\": {\"enabled\": true}, "
                         "\"torch_autocast\": {\"enabled\": false}}')")
+    p.add_argument("--deepspeed-timer", action="store_true",
+                   help="DeepSpeed's throughput timer on, as DeepSpeed's default (two device syncs per "
+                        "micro-batch; trainers/engine.py turns it off), to measure the difference")
+    p.add_argument("--sync-report", action="store_true",
+                   help="GPU: count the device synchronisations of one optimizer step, by place")
     p.add_argument("--profile-steps", type=int, default=0, help="GPU: profile this many steps")
     p.add_argument("--profile-top", type=int, default=12, help="kernels listed by the profile")
     p.add_argument("--peak-flops", type=float, default=None, help="GPU: peak bf16 FLOP/s override")

@@ -5,8 +5,8 @@ accumulation so that micro_batch x accumulation x workers == global_batch_seqs e
 precision: bf16 on GPU / fp32 on CPU for `precision: auto`. bf16 is torch autocast (DeepSpeed's
 `torch_autocast` section, fp32 master weights): the family's loss (log-softmax, the Duo closed form)
 then also runs under autocast, which keeps reductions in fp32, as the study's Lightning
-`bf16-mixed` did. Everything DeepSpeed would do per step beyond the maths (timers, flops profiler,
-monitors, printing) is switched off. Resources.deepspeed_overrides is deep-merged over the result.
+`bf16-mixed` did. Everything DeepSpeed would do per step beyond the maths (timers, the throughput
+timer's device syncs, flops profiler, monitors, printing) is switched off. Resources.deepspeed_overrides is deep-merged over the result.
 
 Optimizer: torch.optim.AdamW handed to deepspeed.initialize (fused kernel on CUDA, foreach on
 CPU); DeepSpeed's own Adam ops would need a C++/CUDA compile per machine. Weight decay applies to
@@ -109,6 +109,10 @@ def build_deepspeed_config(recipe, resources, plan: BatchPlan, precision: str) -
         # Per-step costs DeepSpeed can add; none is wanted in the inner loop.
         "steps_per_print": NEVER_PRINT,
         "wall_clock_breakdown": False,
+        # On by default, and it synchronises the device twice per micro-batch (its start in the
+        # engine's forward, its stop in engine.step): the GPU drains, then idles while the host
+        # queues the next micro-batch. The run's tokens/s come from its own wall clock.
+        "timers": {"throughput": {"enabled": False}},
         "flops_profiler": {"enabled": False},
         "tensorboard": {"enabled": False},
         "wandb": {"enabled": False},

@@ -311,3 +311,62 @@ def test_clip_gradients_is_the_usual_global_norm_clip(scale):
     for p, r in zip(ours[:3], reference[:3]):
         torch.testing.assert_close(p.grad, r.grad, rtol=1e-6, atol=0)
     assert ours[3].grad is None
+
+
+# Three optimizer steps of 2 micro-batches through the real DeepSpeed engine, in a fresh process
+# (DeepSpeed initialises once per process), counting the accelerator's device synchronisations.
+# argv[1]: JSON merged into the run's DeepSpeed config, as resources.deepspeed_overrides.
+COUNT_SYNCS = """
+import json, sys
+import numpy as np
+from pathlib import Path
+from scaling.schema import Recipe, Resources
+from trainers.backbone import build_model
+from trainers.data import PreparedData
+from trainers.dist import import_deepspeed, prepare_process
+from trainers.engine import (LoopConfig, LoopState, build_deepspeed_config, initialize_engine,
+                             plan_batches, train_steps)
+from trainers.families import build_family
+prepare_process(1, use_gpu=False)
+deepspeed = import_deepspeed(1, "cpu")
+from deepspeed.accelerator import get_accelerator
+accelerator, calls = get_accelerator(), []
+synchronize = accelerator.synchronize
+accelerator.synchronize = lambda *a, **k: calls.append(1) or synchronize(*a, **k)
+blocks = np.random.default_rng(0).integers(2, 64, size=(16, 16)).astype(np.int32)
+data = PreparedData(Path("."), blocks, blocks[:1], 1.0, 1, 0, 64, 0.0, "test", np.ones(1, np.int64))
+recipe = Recipe(global_batch_seqs=8, micro_batch_seqs=4, seq_len=16)
+plan = plan_batches(8, 4, 1)
+config = build_deepspeed_config(recipe, Resources(deepspeed_overrides=json.loads(sys.argv[1])),
+                                plan, "fp32")
+model = build_model(1, 8, 1, 64, attention="bidirectional", mask_token_id=1)
+engine, optimizer = initialize_engine(deepspeed, model, recipe, config, "cpu")
+family = build_family("mdlm", {}, vocab_size=64, mask_token_id=1)
+class Null:
+    def write(self, rows): pass
+loop = LoopConfig(total_steps=3, warmup_steps=0, lr_peak=1e-3, lr_min=1e-4, seed=1, seq_len=16,
+                  global_batch_seqs=8, log_every_steps=3, checkpoint_every_steps=0, flops_per_step=1)
+calls.clear()  # deepspeed.initialize synchronises as it broadcasts the weights: once, not per step
+train_steps(engine, optimizer, family, data, loop, plan, rank=0, device="cpu", precision="fp32",
+            state=LoopState(step=0), metrics=Null())
+print(json.dumps({"syncs": len(calls)}))
+"""
+
+
+def _device_syncs(overrides: dict) -> int:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", COUNT_SYNCS, json.dumps(overrides)],
+                         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])["syncs"]
+
+
+def test_the_training_loop_never_waits_for_the_device():
+    """DeepSpeed's throughput timer (on by default) synchronises the device in every forward and
+    every engine.step once two optimizer steps are done: on a GPU the queue drains and the GPU idles
+    while the host prepares the next micro-batch. Our config turns it off; turned back on, the count
+    shows it (the planted truth that this test can see a sync at all)."""
+    assert _device_syncs({}) == 0
+    assert _device_syncs({"timers": {"throughput": {"enabled": True}}}) > 0
