@@ -43,6 +43,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from scaling.locks import flock
 from scaling.storage import RemotePath, is_url, local_state_dir, url_key
 from trainers.checkpoint import KEEP, LATEST, build_once, checkpoint_tag, lock_of
 from trainers.dist import barrier
@@ -154,7 +155,7 @@ def using_pulled(shared: Path):
     flock, which the kernel drops when the process ends, however it ends."""
     shared.parent.mkdir(parents=True, exist_ok=True)
     with open(_inuse_of(shared), "a") as held:
-        fcntl.flock(held, fcntl.LOCK_SH)
+        flock(held, fcntl.LOCK_SH)
         yield
 
 
@@ -163,7 +164,7 @@ def drop_stale_copies(scratch_root: Path) -> None:
     for copy in sorted(scratch_root.glob("*" + PULLED_SUFFIX)):
         with open(_inuse_of(copy), "a") as probe:
             try:
-                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # an attempt on this node holds it (ours among them)
             size_mib = folder_mib(copy)

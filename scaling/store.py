@@ -32,11 +32,15 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from scaling.errors import UserError, unwritable, writable_folder
+from scaling.locks import flock
 from scaling.runspec import RunSpec
 from scaling.storage import RemotePath, local_state_dir, location, url_key
 
 STATES = ("pending", "running", "succeeded", "failed", "interrupted")
 DRIVER_LOCK = ".driver.lock"
+DRIVER_LOCK_FIX = ("mount it with locks (NFS: without 'nolock', with its lock daemon running; Lustre: "
+                   "-o flock), or set output_dir to a local folder or a URL (s3://...: the lock is "
+                   "then on this machine, and a lease in the store keeps out drivers elsewhere)")
 
 
 def write_atomic(path: Path | RemotePath, data: str | bytes) -> None:
@@ -200,7 +204,7 @@ class RunStore:
             raise unwritable(self.root, "output_dir", err) from None
         with handle:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB, DRIVER_LOCK_FIX)
             except BlockingIOError:
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
@@ -254,7 +258,7 @@ class RunStore:
             return None
         with handle:
             try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB, DRIVER_LOCK_FIX)
             except BlockingIOError:
                 return handle.read().strip() or "another process"
             fcntl.flock(handle, fcntl.LOCK_UN)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from scaling.locks import flock
 from trainers.records import atomic_write_json
 
 LATEST = "latest.json"
@@ -178,7 +179,7 @@ def build_once(folder: Path, stamp: str, build: Callable[[Path], None]) -> Path:
     midway (no marker: it is written last), is removed and built again."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_of(folder), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        flock(lock, fcntl.LOCK_EX)
         done = folder / BUILT
         if done.is_file() and done.read_text() == stamp:
             return folder

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from scaling.errors import UserError
+from scaling.locks import flock
 from trainers import corpora
 from trainers import tokenizer as tokenization
 from trainers.tokenizer import load_tokenizer  # noqa: F401 - part of this module's API
@@ -213,7 +214,7 @@ def _build_once(root: Path, final: Path, build) -> None:
 def _flock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:

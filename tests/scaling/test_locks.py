@@ -1,0 +1,59 @@
+"""File locks: a filesystem without them is one line naming the file and the fix (scaling/locks.py)."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+
+import pytest
+
+from scaling import locks
+from scaling.errors import UserError
+from scaling.store import RunStore
+from trainers.checkpoint import build_once
+
+
+@pytest.fixture
+def no_locks(monkeypatch):
+    """flock as on NFS mounted with `nolock`: every lock request fails with ENOLCK."""
+    def refuse(handle, operation):
+        if operation & (fcntl.LOCK_EX | fcntl.LOCK_SH):
+            raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(locks.fcntl, "flock", refuse)
+
+
+def test_a_held_lock_is_still_a_blocking_error(tmp_path):
+    path = tmp_path / "x.lock"
+    with open(path, "a") as first, open(path, "a") as second:
+        locks.flock(first, fcntl.LOCK_EX)
+        with pytest.raises(BlockingIOError):  # the callers' "held elsewhere" case, unchanged
+            locks.flock(second, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_other_errors_are_not_dressed_up(tmp_path, monkeypatch):
+    def broken(handle, operation):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(locks.fcntl, "flock", broken)
+    with open(tmp_path / "x.lock", "a") as handle, pytest.raises(OSError, match="Input/output"):
+        locks.flock(handle, fcntl.LOCK_EX)
+
+
+def test_the_driver_lock_on_a_filesystem_without_locks(tmp_path, no_locks):
+    store = RunStore(tmp_path / "out", "demo")
+    with pytest.raises(UserError) as caught, store.driving():
+        pass
+    message = str(caught.value)
+    assert ".driver.lock: the filesystem under it does not support file locks (No locks available)" \
+        in message
+    assert "Lustre: -o flock" in message and "a URL (s3://" in message
+    assert "\n" not in message
+
+
+def test_a_build_on_a_filesystem_without_locks(tmp_path, no_locks):
+    built = []
+    with pytest.raises(UserError, match=r"\.copy\.lock: the filesystem under it does not support file "
+                                        r"locks .*move that folder to a filesystem that has them"):
+        build_once(tmp_path / "copy", "stamp-1", built.append)
+    assert built == []  # nothing was built without the lock
