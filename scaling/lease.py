@@ -224,7 +224,24 @@ class Lease:
 
 def live_holder(root, now: float | None = None) -> str | None:
     """Who holds the lease of the store at `root` now ("pid N on HOST since T, ..."), or None."""
+    state, holder, now = _read_state(root, now)
+    return holder.describe(now) if state == LIVE else None
+
+
+def unsure_holder(root, now: float | None = None) -> str | None:
+    """For a record that is UNSURE by this machine's clock (another machine's, that looks lapsed or
+    is stamped in the future), what a reader can say of it without watching; else None."""
+    state, holder, now = _read_state(root, now)
+    if state != UNSURE:
+        return None
+    age_s = now - holder.renewed_at
+    when = (f"last renewed {age_s:.0f} s ago" if age_s >= 0 else
+            f"stamped {-age_s:.0f} s in the future") + " by this machine's clock"
+    return f"pid {holder.pid} on {holder.host}, {when}"
+
+
+def _read_state(root, now: float | None) -> tuple[str, Holder | None, float]:
     now = time.time() if now is None else now
     holder = read_holder(root / LEASE_FILE)
     nobody = Holder(socket.gethostname(), -1, "", 0.0, 0.0)  # a reader: dead pids here let go
-    return holder.describe(now) if lease_state(holder, nobody, now, pid_alive) == LIVE else None
+    return lease_state(holder, nobody, now, pid_alive), holder, now

@@ -164,6 +164,7 @@ def run_status(args: argparse.Namespace) -> int:
     sweep, plan = load_plan(args.sweep)
     store = RunStore(sweep.output_dir, sweep.name)
     driver = store.driver()
+    unsure = store.unsure_driver() if driver is None else None
     rows = []
     snapshot = store.snapshot([spec.run_id for spec in plan.runs])
     for spec in plan.runs:
@@ -171,8 +172,11 @@ def run_status(args: argparse.Namespace) -> int:
         result = result or {}
         val = result.get("val_loss")
         wall = result.get("wall_seconds")
-        # "running" with no driver holding the sweep: its driver died mid-run (kill -9, a crash)
-        shown = "interrupted" if state.state == "running" and driver is None else state.state
+        # "running" with no driver holding the sweep: its driver died mid-run (kill -9, a crash);
+        # with an unsure lease record, perhaps it did, perhaps its clock is off
+        shown = state.state
+        if state.state == "running" and driver is None:
+            shown = "interrupted?" if unsure else "interrupted"
         rows.append((spec.label, f"{spec.flops_budget:.3g}", spec.shape.tag, shown,
                      str(state.attempts), f"{val:.4f}" if val is not None else "-",
                      f"{wall:.0f}" if wall is not None else "-", spec.run_id,
@@ -198,6 +202,10 @@ def run_status(args: argparse.Namespace) -> int:
           + (f"; {len(orphans)} other run folders not in this plan" if orphans else ""))
     if driver is not None:
         print(f"driven now by {driver}")
+    elif unsure:
+        print(f"the store's lease names a driver, {unsure}: it died, or its machine's clock "
+              f"differs from this one's; `scaling run {args.sweep}` watches the lease for 60 s and "
+              "takes over only if nobody renews it")
     elif counts.get("interrupted"):
         print(f"no driver: rerun `scaling run {args.sweep}` to resume the interrupted runs")
     return 0

@@ -264,6 +264,17 @@ class RunStore:
             fcntl.flock(handle, fcntl.LOCK_UN)
             return None
 
+    def unsure_driver(self) -> str | None:
+        """For a store at a URL whose lease record is another machine's and looks lapsed (or
+        stamped in the future) by this machine's clock: that record, described; else None. Its
+        driver died, or that machine's clock differs; only watching the record tells (`scaling
+        run` does, scaling/lease.py)."""
+        if not isinstance(self.root, RemotePath):
+            return None
+        from scaling.lease import unsure_holder
+
+        return unsure_holder(self.root)
+
     def rebuild_results(self, specs: Iterable[RunSpec]) -> Path | None:
         """results.parquet + results.csv from the result records of the plan's succeeded runs."""
         import pandas as pd

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -224,3 +225,33 @@ def test_a_driver_whose_sweep_was_taken_over_stops_its_runs_and_writes_nothing(m
     assert all(store.read_status(rid)["state"] == "running" for rid in executor.submitted)
     assert not (store.root / "results.parquet").exists()
     assert read_holder(store.root / LEASE_FILE).token == "their-token"  # left to its owner
+
+
+@pytest.mark.parametrize("renewed_s_ago, said", [(300.0, r"last renewed 30\d s ago"),
+                                                 (-600.0, r"stamped 60\d s in the future")])
+def test_status_does_not_call_a_run_interrupted_when_the_lease_is_unsure(memory_root, tmp_path, capsys,
+                                                                         renewed_s_ago, said):
+    """Another machine's record that looks lapsed (or from the future) by this clock: its driver
+    died, or its clock is off. `scaling status` cannot watch for a minute, so it says so."""
+    from pathlib import Path
+
+    from scaling.cli import main
+    from scaling.sweepfile import load_plan
+
+    repo = Path(__file__).resolve().parents[2]
+    sweep = tmp_path / "smoke.yaml"
+    sweep.write_text((repo / "sweeps" / "smoke.yaml").read_text().replace(
+        "output_dir: outputs", f"output_dir: {memory_root}"))
+    _, plan = load_plan(sweep)
+    run_id = plan.runs[0].run_id
+    store = RunStore(memory_root, "smoke")
+    store.write_status(run_id, "running", attempts=1)
+    write_record(memory_root, other_machine(renewed_s_ago), sweep="smoke")
+    assert store.driver() is None
+    assert re.fullmatch(f"pid 4242 on node-7, {said} by this machine's clock", store.unsure_driver())
+    assert main(["status", str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert f"interrupted?  1      -         -       {run_id}" in out
+    assert re.search(f"the store's lease names a driver, pid 4242 on node-7, {said} by this machine's "
+                     "clock: it died, or its machine's clock differs from this one's", out)
+    assert "no driver: rerun" not in out
