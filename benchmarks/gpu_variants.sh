@@ -15,7 +15,8 @@
 # whatever a run's default), chunkMIB (with fusedhead: its chunk budget in MiB of float32 logits,
 # e.g. chunk256), cg (CUDA graphs: with compile trunk, the trunk replayed as CUDA graphs), dstimer
 # (DeepSpeed's throughput timer back on, as DeepSpeed's default: two device syncs per micro-batch,
-# which trainers/engine.py turns off). Every variant also prints the device syncs of one optimizer
+# which trainers/engine.py turns off), noprobe (train at the micro-batch given, without the eager
+# probe that halves it until an eager step fits: a compiled model needs less). Every variant also prints the device syncs of one optimizer
 # step (--sync-report). Variants
 # stop being started once BUDGET_S seconds have passed. PROFILE_STEPS
 # optimizer steps are profiled (default 3), PROFILE_TOP kernels listed (default 8).
@@ -43,6 +44,7 @@ for v in $VARIANTS; do
   [[ "+${opts:-}+" == *+dsclip+* ]] && extra+=(--deepspeed-clip)
   [[ "+${opts:-}+" == *+cg+* ]] && extra+=(--cuda-graphs)
   [[ "+${opts:-}+" == *+dstimer+* ]] && extra+=(--deepspeed-timer)
+  [[ "+${opts:-}+" == *+noprobe+* ]] && extra+=(--skip-probe)
   # the head is named either way: a variant means the same whatever a run's default is
   if [[ "+${opts:-}+" == *+fusedhead+* ]]; then extra+=(--fused-head on); else extra+=(--fused-head off); fi
   chunk=$(grep -o -E '(^|\+)chunk[0-9]+' <<<"${opts:-}" | grep -o -E '[0-9]+')
