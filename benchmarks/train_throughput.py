@@ -165,7 +165,8 @@ def measure(args, device: str, precision: str, micro_batch: int,
 
     proc = prepare_process(args.threads, use_gpu=device != "cpu")
     # trunk: the product's `compile: trunk`; the other modes compile the loss heads as blocks does
-    scope = "trunk" if args.compile.startswith("trunk") else args.compile != "off"
+    scope = next((name for name in ("trunk", "whole") if args.compile.startswith(name)),
+                 args.compile != "off")
     configure(scope, device, attention=args.attention,
               fused_head={"on": True, "off": False}.get(args.fused_head, "auto"),
               cuda_graphs=args.cuda_graphs)

@@ -201,9 +201,9 @@ class EvalSpec(Strict):
 
 
 def _compile_choice(cls, value):
-    if value is None or value in ("auto", "blocks", "trunk") or isinstance(value, bool):
+    if value is None or value in ("auto", "blocks", "trunk", "whole") or isinstance(value, bool):
         return value
-    raise ValueError(f"got {value!r}; choose auto, true, false, blocks or trunk")
+    raise ValueError(f"got {value!r}; choose auto, true, false, blocks, trunk or whole")
 
 
 def _auto_or_bool(cls, value):
@@ -212,7 +212,7 @@ def _auto_or_bool(cls, value):
     raise ValueError(f"got {value!r}; choose auto, true or false")
 
 
-CompileChoice = Literal["auto", "blocks", "trunk"] | StrictBool
+CompileChoice = Literal["auto", "blocks", "trunk", "whole"] | StrictBool
 AutoOrBool = Literal["auto"] | StrictBool
 
 
@@ -269,8 +269,9 @@ class Resources(Strict):
     workers: PositiveInt = 1
     zero_stage: Literal[0, 1, 2, 3] = 0
     # torch.compile of the backbone and loss heads (trainers/kernels.py): auto = blocks on a GPU
-    # only; true or blocks = each block; trunk = the backbone up to the head as one graph; false =
-    # eager (YAML's on / off read as true / false).
+    # only; true or blocks = each block; trunk = the backbone up to the head as one graph; whole =
+    # the whole model, head and loss included (families with fixed shapes: ar, duo); false = eager
+    # (YAML's on / off read as true / false).
     compile: CompileChoice = "auto"
     # The output head and its loss in one chunked pass (trainers/fused_head.py): the [rows, vocab]
     # logits are never held whole. auto = on a GPU only (faster there: benchmarks/GPU_NOTES.md;
@@ -338,6 +339,7 @@ class Sweep(Strict):
         if len(set(self.budgets)) != len(self.budgets):
             raise ValueError("budgets repeat a value; list each budget once")
         self._check_tier_families(labels)
+        self._check_whole_compile()
         micro = self.recipe.micro_batch_seqs
         for key, workers in self.resources.worker_counts():  # the sweep's, and every tier's
             per_worker = self.recipe.global_batch_seqs / workers
@@ -349,6 +351,23 @@ class Sweep(Strict):
                 raise ValueError(f"recipe.micro_batch_seqs {micro} must divide global_batch_seqs / "
                                  f"workers = {int(per_worker)} ({key} {workers})")
         return self
+
+    def _check_whole_compile(self) -> None:
+        """`compile: whole` for a family whose scored rows vary per step would recompile at every
+        step (its chunked head loops over the rows): refuse it where it would apply."""
+        settings = [("resources.compile", self.resources.compile, None)] + [
+            (f"resources.tiers[{i}].compile", tier.compile, tier.families)
+            for i, tier in enumerate(self.resources.tiers)]
+        for key, choice, only in settings:
+            if choice != "whole":
+                continue
+            for family in self.families:
+                if not get_entry(family.family).fixed_shapes and (only is None or family.label in only):
+                    fixed = ", ".join(name for name, entry in FAMILIES.items() if entry.fixed_shapes)
+                    raise ValueError(
+                        f"{key}: whole would recompile the model at every step for {family.label!r} "
+                        f"(the rows it scores vary per step); compile: whole suits {fixed}, use trunk "
+                        f"for {family.label} (a tier with `families:` can set it per family)")
 
     def _check_tier_families(self, labels: list[str]) -> None:
         """A tier's family that is no label of this sweep would silently select nothing: refuse it."""

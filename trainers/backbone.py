@@ -306,18 +306,25 @@ class DiTModel(PreTrainedModel):
     # -- rotary ----------------------------------------------------------------------------------
     def _rope(self, n_positions: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin tables [>= n_positions, head_dim], built once per device/dtype and grown by doubling."""
+        size = max(64, 1 << (n_positions - 1).bit_length())
+        if torch.compiler.is_compiling():
+            # Traced into a compiled model (resources.compile: whole), the table is computed in the
+            # graph (a few small kernels): filling the cache there would guard the graph on it and
+            # compile the whole model again at the next step, once the cache is filled.
+            return self._rope_table(size, device, dtype)
         key = (str(device), dtype)
         table = self._rope_tables.get(key)
         if table is None or table[0].shape[0] < n_positions:
-            size = max(64, 1 << (n_positions - 1).bit_length())
-            head_dim = self.config.d_model // self.config.n_heads
-            inv_freq = 1.0 / (self.config.rope_base
-                              ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
-            freqs = torch.outer(torch.arange(size, dtype=torch.float32, device=device), inv_freq)
-            emb = torch.cat((freqs, freqs), dim=-1)
-            table = (emb.cos().to(dtype), emb.sin().to(dtype))
-            self._rope_tables[key] = table
+            table = self._rope_tables[key] = self._rope_table(size, device, dtype)
         return table
+
+    def _rope_table(self, size: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        head_dim = self.config.d_model // self.config.n_heads
+        inv_freq = 1.0 / (self.config.rope_base
+                          ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+        freqs = torch.outer(torch.arange(size, dtype=torch.float32, device=device), inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def _rotary_for(self, position_ids, offset: int, length: int, device, dtype,
                     n_positions: int | None = None):

@@ -144,7 +144,10 @@ _COMPILED: dict[str, Callable] = {}
 
 
 def _kernels(compiled: bool) -> tuple[Callable, Callable]:
-    if not compiled:
+    # Inside a graph being compiled (the whole model, resources.compile: whole) the plain functions
+    # are traced into it; reaching for _COMPILED there would also guard the graph on that dict,
+    # which the first trace fills, and so compile the whole model a second time.
+    if not compiled or torch.compiler.is_compiling():
         return row_stats, grad_logits
     if not _COMPILED:  # the number of rows varies per step (MDLM, Eso-LM): dynamic shapes
         _COMPILED["stats"] = torch.compile(row_stats, dynamic=True)

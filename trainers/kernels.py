@@ -14,11 +14,17 @@ first step:
   embedding, time conditioning, every block, the un-permutation, the final norm) as one graph, for
   every family: its shapes are fixed by the micro-batch, and the row selection of MDLM and Eso-LM
   comes after it (compiling the whole model instead recompiled at every step for them,
-  benchmarks/GPU_NOTES.md "Fourth lease"). It fuses across block boundaries and, with
-  ``cuda_graphs`` (benchmarks only for now), replays the trunk's forward and backward as CUDA graphs,
-  which removes the launch gaps between its ~1,000 kernels per micro-batch (6-7 ms of a 73-80 ms
-  micro-batch on an H100). Compiles for longer than blocks (the whole model took about 90 s per
-  process at 12 layers on a GPU; the trunk is not measured there).
+  benchmarks/GPU_NOTES.md "Fourth lease"). It fuses across block boundaries: on an H100, AR ran
+  4.2% faster than with compiled blocks ("Fifth lease"). With ``cuda_graphs`` (benchmarks only) it
+  replays the trunk's forward and backward as CUDA graphs; that gained nothing there, since the
+  time between kernels was DeepSpeed's throughput timer synchronising, not launch gaps. Compiles
+  for longer than blocks (the whole model took about 90 s per process at 12 layers on a GPU).
+- ``compile: whole``: the whole model, head and loss included, as one graph (`nn.Module.compile` in
+  place), for the families whose shapes are fixed (AR and Duo: the head scores every position; the
+  sweep's schema refuses it for the others, whose chunked head loops over a varying number of rows
+  and would recompile at every step). The fused head's chunk maths then fuse with the rest: on an
+  H100, AR at micro-batches of 32 (bf16 weights, fused head) ran 479,808 tokens/s whole against
+  434,806 with the trunk (benchmarks/GPU_NOTES.md "Fifth lease", the benchmark's loop).
 
 Either way the loss heads below (`cross_entropy_without`, `duo_nelbo_from_logits`) are compiled.
 Eager, each of them makes several float32 copies of the [rows, K] logits (the upcast, the -inf
@@ -47,15 +53,15 @@ import torch.nn.functional as F
 
 from trainers.backbone import forbid_token
 
-CompileMode = Literal["auto", "blocks", "trunk"] | bool
+CompileMode = Literal["auto", "blocks", "trunk", "whole"] | bool
 FusedHeadMode = Literal["auto"] | bool
 AttentionBackend = Literal["auto", "default", "cudnn", "flash", "efficient"]
 _STATE: dict = {"compile": False, "attention": "auto", "fused_head": False, "cuda_graphs": False}
 
 
-def resolve_scope(choice: CompileMode, device: str) -> Literal["blocks", "trunk"] | None:
-    """What `compile` compiles on this device: None (eager), "blocks" or "trunk"."""
-    if choice in ("blocks", "trunk"):
+def resolve_scope(choice: CompileMode, device: str) -> Literal["blocks", "trunk", "whole"] | None:
+    """What `compile` compiles on this device: None (eager), "blocks", "trunk" or "whole"."""
+    if choice in ("blocks", "trunk", "whole"):
         return choice
     return "blocks" if resolve_auto(choice, device) else None
 
@@ -87,8 +93,12 @@ def compiling() -> bool:
 
 
 def compile_model(model: torch.nn.Module) -> None:
-    """Compile `model` as configured: its blocks, or its trunk (compiled lazily, at the first step)."""
-    if _STATE["compile"] == "trunk":
+    """Compile `model` as configured: its blocks, its trunk, or all of it (compiled lazily, at the
+    first step). `whole` compiles the module in place (nn.Module.compile, as DeepSpeed's
+    engine.compile does): parameters and state_dict keys stay the eager model's."""
+    if _STATE["compile"] == "whole":
+        model.compile()
+    elif _STATE["compile"] == "trunk":
         compile_trunk(model, cuda_graphs=_STATE["cuda_graphs"])
     elif _STATE["compile"]:
         compile_blocks(model)
@@ -162,7 +172,9 @@ _COMPILED: dict[str, object] = {}
 
 
 def _maybe_compiled(name: str, fn):
-    if not _STATE["compile"]:
+    # Inside a graph being compiled (compile: whole) `fn` is traced into it; reaching for _COMPILED
+    # would guard that graph on the dict the first trace fills, and so compile it twice.
+    if not _STATE["compile"] or torch.compiler.is_compiling():
         return fn
     if name not in _COMPILED:  # the number of scored rows varies per step (MDLM, Eso-LM)
         _COMPILED[name] = torch.compile(fn, dynamic=True)

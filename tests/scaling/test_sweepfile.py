@@ -72,7 +72,7 @@ def test_yaml_1_1_exponent_reads_as_number(tmp_path):
 
 @pytest.mark.parametrize("text,expected", [("auto", "auto"), ("on", True), ("true", True),
                                            ("off", False), ("false", False), ("blocks", "blocks"),
-                                           ("trunk", "trunk"), ("whole", None)])
+                                           ("trunk", "trunk"), ("everything", None)])
 def test_compile_reads_yaml_booleans(tmp_path, text, expected):
     """`compile: on` is a YAML boolean; every spelling a user would write means what it says, and
     a scope that does not exist names the key and the choices."""
@@ -84,6 +84,22 @@ def test_compile_reads_yaml_booleans(tmp_path, text, expected):
             load_sweep(path)
     else:
         assert load_sweep(path).resources.compile == expected
+
+
+def test_whole_model_compilation_is_for_the_families_with_fixed_shapes(tmp_path):
+    """`compile: whole` suits AR and Duo; the smoke sweep's MDLM would recompile at every step, so
+    the sweep-wide setting is refused, and a tier that gives it to AR alone is not."""
+    smoke = (REPO / "sweeps" / "smoke.yaml").read_text()
+    path = tmp_path / "s.yaml"
+    path.write_text(smoke.replace("  cpus_per_worker: 1", "  cpus_per_worker: 1\n  compile: whole"))
+    with pytest.raises(UserError, match="resources.compile: whole would recompile the model at every "
+                                        "step for 'mdlm-lowvar'.*use trunk for mdlm-lowvar"):
+        load_sweep(path)
+    path.write_text(smoke.replace("  cpus_per_worker: 1", "  cpus_per_worker: 1\n  compile: trunk\n"
+                                  "  tiers:\n    - {families: [ar], compile: whole}"))
+    sweep = load_sweep(path)
+    assert sweep.resources.for_run("ar", 1e6, 1e10).compile == "whole"
+    assert sweep.resources.for_run("mdlm-lowvar", 1e6, 1e10).compile == "trunk"
 
 
 @pytest.mark.parametrize("text,expected", [("on", True), ("off", False), ("auto", "auto"), ("yes please", None)])

@@ -167,6 +167,26 @@ def test_compiled_run_trains_like_the_eager_one(cache, tmp_path):
             assert results[compiled][key] == pytest.approx(results[False][key], rel=1e-4)
 
 
+@pytest.mark.parametrize("family", [name for name, entry in FAMILIES.items() if entry.fixed_shapes])
+def test_a_whole_compiled_run_trains_like_the_eager_one(family, cache, tmp_path, monkeypatch):
+    """`compile: whole` (the families with fixed shapes) with the fused head, as a GPU run would
+    take them: the model, head and loss included, compiles into one graph that serves every
+    training step (recompiled only for validation, which runs without gradients at its own batch
+    size), and the run differs from the eager one by float32 rounding only."""
+    results = {}
+    monkeypatch.setitem(ENV, "TORCH_LOGS", "recompiles")
+    for compiled in (False, "whole"):
+        spec = make_spec(family, steps=20, resources={"compile": compiled, "fused_head": True})
+        out = tmp_path / f"run-{compiled}"
+        _, stderr = train(spec, out, cache)
+        results[compiled] = json.loads((out / "result.json").read_text())
+        recompiles = [line for line in stderr.splitlines() if "Recompiling function" in line]
+    assert results["whole"]["fast_paths"]["compile"] == "whole"
+    assert len(recompiles) <= 1, "\n".join(recompiles)  # validation's: no gradients
+    for key in ("val_loss", "train_loss"):
+        assert results["whole"][key] == pytest.approx(results[False][key], rel=1e-4)
+
+
 @pytest.mark.parametrize("family", ["mdlm", "duo"])
 def test_fused_head_run_trains_like_the_plain_one(family, cache, tmp_path):
     """`resources.fused_head` (trainers/fused_head.py) through a whole run: MDLM for the scored

@@ -53,6 +53,10 @@ class FamilyEntry:
     attention: Literal["causal", "bidirectional", "permuted_causal"]
     module: str
     summary: str
+    # Every step's tensors have the same shapes: the head scores every position. Compiling the whole
+    # model (resources.compile: whole) needs it; a family that scores a varying number of rows (the
+    # masked ones) would recompile that graph at every step (benchmarks/GPU_NOTES.md).
+    fixed_shapes: bool = False
 
     @property
     def causal_flops(self) -> bool:
@@ -71,11 +75,11 @@ FAMILIES: dict[str, FamilyEntry] = {
     entry.name: entry
     for entry in (
         FamilyEntry("ar", AROptions, "causal", "trainers.families.ar",
-                    "autoregressive, exact next-token NLL"),
+                    "autoregressive, exact next-token NLL", fixed_shapes=True),
         FamilyEntry("mdlm", MDLMOptions, "bidirectional", "trainers.families.mdlm",
                     "masked (absorbing-state) diffusion, NELBO or low-variance objective"),
         FamilyEntry("duo", DuoOptions, "bidirectional", "trainers.families.duo",
-                    "uniform-state diffusion, closed-form continuous-time NELBO"),
+                    "uniform-state diffusion, closed-form continuous-time NELBO", fixed_shapes=True),
         FamilyEntry("esolm", EsoLMOptions, "permuted_causal", "trainers.families.esolm",
                     "interpolating AR <-> masked diffusion, causal attention over a permutation"),
     )
