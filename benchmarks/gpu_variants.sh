@@ -15,7 +15,8 @@
 # whatever a run's default), chunkMIB (with fusedhead: its chunk budget in MiB of float32 logits,
 # e.g. chunk256), cg (CUDA graphs: with compile trunk, the trunk replayed as CUDA graphs), dstimer
 # (DeepSpeed's throughput timer back on, as DeepSpeed's default: two device syncs per micro-batch,
-# which trainers/engine.py turns off), noprobe (train at the micro-batch given, without the eager
+# which trainers/engine.py turns off), timerab (each timed round also runs with that timer on,
+# interleaved in the one process: prints both rates), noprobe (train at the micro-batch given, without the eager
 # probe that halves it until an eager step fits: a compiled model needs less). Every variant also prints the device syncs of one optimizer
 # step (--sync-report). Variants
 # stop being started once BUDGET_S seconds have passed. PROFILE_STEPS
@@ -44,6 +45,7 @@ for v in $VARIANTS; do
   [[ "+${opts:-}+" == *+dsclip+* ]] && extra+=(--deepspeed-clip)
   [[ "+${opts:-}+" == *+cg+* ]] && extra+=(--cuda-graphs)
   [[ "+${opts:-}+" == *+dstimer+* ]] && extra+=(--deepspeed-timer)
+  [[ "+${opts:-}+" == *+timerab+* ]] && extra+=(--timer-ab)
   [[ "+${opts:-}+" == *+noprobe+* ]] && extra+=(--skip-probe)
   # the head is named either way: a variant means the same whatever a run's default is
   if [[ "+${opts:-}+" == *+fusedhead+* ]]; then extra+=(--fused-head on); else extra+=(--fused-head off); fi
@@ -60,9 +62,10 @@ for v in $VARIANTS; do
   rc=$?
   grep -v -i -E "warn|^\s*$" "$log" | grep -E "^(gpu|profile|  |    |mfu|peak|cudagraph|syncs|Traceback|[A-Za-z]*Error)|skipping cudagraphs" | head -30
   tps=$(awk '/^gpu_deepspeed_tokens_per_s/ {print $2}' "$log")
+  timer_on=$(awk '/^gpu_deepspeed_timer_on_tokens_per_s/ {print $2}' "$log")
   mfu=$(awk '/^mfu / {print $2}' "$log")
   palm=$(awk '/^mfu_palm/ {print $2}' "$log")
-  summary+=("$v rc=$rc tokens/s=${tps:-nan} mfu=${mfu:-nan} mfu_palm=${palm:-nan} ($(( $(date +%s) - t0 ))s)")
+  summary+=("$v rc=$rc tokens/s=${tps:-nan}${timer_on:+ (timer on: $timer_on)} mfu=${mfu:-nan} mfu_palm=${palm:-nan} ($(( $(date +%s) - t0 ))s)")
   if (( rc != 0 )); then tail -5 "$log"; fi
 done
 echo "== summary (mfu = 6 N' tokens/s / 989e12; mfu_palm adds 12 L d T attention FLOPs per token)"

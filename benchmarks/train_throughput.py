@@ -214,20 +214,34 @@ def measure(args, device: str, precision: str, micro_batch: int,
         if device != "cpu":
             torch.cuda.synchronize()
 
-    tokens_per_round = args.steps * global_batch * args.seq
-    ds_rates, plain_rates, step, peak_bytes = [], [], 0, 0
-    for round_index in range(args.rounds + 1):  # round 0 warms up (allocator, autotuning, compile)
-        first, last = step, step + (args.warmup_steps if round_index == 0 else args.steps)
+    def deepspeed_seconds(first: int, last: int) -> float:
         sync()
-        if device != "cpu":  # the DeepSpeed loop's own peak, not fit_micro_batch's eager probe
-            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         train_steps(engine, optimizer, family, data, loop_config(last), plan, rank=0, device=device,
                     precision=precision, state=LoopState(step=first), metrics=_NullMetrics())
         sync()
-        t1 = time.perf_counter()
+        return time.perf_counter() - t0
+
+    tokens_per_round = args.steps * global_batch * args.seq
+    ds_rates, plain_rates, timer_rates, step, peak_bytes = [], [], [], 0, 0
+    for round_index in range(args.rounds + 1):  # round 0 warms up (allocator, autotuning, compile)
+        first, last = step, step + (args.warmup_steps if round_index == 0 else args.steps)
+        if device != "cpu":  # the DeepSpeed loop's own peak, not fit_micro_batch's eager probe
+            torch.cuda.reset_peak_memory_stats()
+        seconds = {}
+        # --timer-ab: the same steps again with DeepSpeed's throughput timer on, first in every
+        # other round (A/B interleaved in one process, on one compiled model)
+        order = ((True, False) if round_index % 2 else (False, True)) if args.timer_ab else (None,)
+        for timer_on in order:  # None: the engine as configured
+            if timer_on is not None:
+                set_throughput_timer(engine, timer_on)
+            seconds[timer_on] = deepspeed_seconds(first, last)
+        if args.timer_ab:
+            set_throughput_timer(engine, False)
         if device != "cpu" and round_index > 0:
             peak_bytes = max(peak_bytes, torch.cuda.max_memory_allocated())
+        sync()
+        t1 = time.perf_counter()
         if not args.no_plain:
             plain_steps(plain, plain_opt, family, data, loop_config(last), first, last, device,
                         precision, micro_batch)
@@ -235,8 +249,10 @@ def measure(args, device: str, precision: str, micro_batch: int,
         t2 = time.perf_counter()
         step = last
         if round_index > 0:
-            ds_rates.append(tokens_per_round / (t1 - t0))
+            ds_rates.append(tokens_per_round / seconds[False if args.timer_ab else None])
             plain_rates.append(tokens_per_round / (t2 - t1))
+            if args.timer_ab:
+                timer_rates.append(tokens_per_round / seconds[True])
     if args.cuda_graphs:  # graphs inductor declined to record (each logs "skipping cudagraphs due to")
         from torch._dynamo.utils import counters
 
@@ -247,7 +263,19 @@ def measure(args, device: str, precision: str, micro_batch: int,
     if args.profile_steps:
         profile_steps(args, engine, optimizer, family, data, loop_config, plan, device, precision, step)
     ds, pl = statistics.median(ds_rates), statistics.median(plain_rates)
-    return {"deepspeed": ds, "plain": pl, "ratio": ds / pl, "peak_bytes": peak_bytes}
+    timer = statistics.median(timer_rates) if timer_rates else None
+    return {"deepspeed": ds, "plain": pl, "ratio": ds / pl, "peak_bytes": peak_bytes,
+            "deepspeed_timer_on": timer}
+
+
+def set_throughput_timer(engine, enabled: bool) -> None:
+    """DeepSpeed's throughput timer on or off in a live engine (its config is read at every start
+    and stop). On, it synchronises the device in every forward and engine.step, as it does by
+    default once two optimizer steps are done (trainers/engine.py turns it off)."""
+    timer = engine.tput_timer
+    timer.config = type(timer.config)(enabled=enabled, synchronized=True)
+    timer.started = False
+    timer.global_step_count = max(timer.global_step_count, timer.start_step)
 
 
 def sync_report(engine, optimizer, family, data, loop_config, plan, device, precision,
@@ -384,6 +412,9 @@ def run_gpu(args) -> None:
                    for convention in ("paper", "full"))
     peak = peak_flops(name, args.peak_flops)
     print(f"gpu_deepspeed_tokens_per_s {rates['deepspeed']:.0f}")
+    if rates["deepspeed_timer_on"]:
+        print(f"gpu_deepspeed_timer_on_tokens_per_s {rates['deepspeed_timer_on']:.0f}")
+        print(f"gpu_timer_off_over_on {rates['deepspeed'] / rates['deepspeed_timer_on']:.3f}")
     if not args.no_plain:
         print(f"gpu_plain_tokens_per_s {rates['plain']:.0f}")
         print(f"gpu_ratio {rates['ratio']:.3f}")
@@ -450,6 +481,9 @@ def parse_args(argv=None):
     p.add_argument("--deepspeed-timer", action="store_true",
                    help="DeepSpeed's throughput timer on, as DeepSpeed's default (two device syncs per "
                         "micro-batch; trainers/engine.py turns it off), to measure the difference")
+    p.add_argument("--timer-ab", action="store_true",
+                   help="every timed round also runs the same steps with DeepSpeed's throughput timer "
+                        "on (interleaved, one process): prints both rates and their ratio")
     p.add_argument("--sync-report", action="store_true",
                    help="GPU: count the device synchronisations of one optimizer step, by place")
     p.add_argument("--profile-steps", type=int, default=0, help="GPU: profile this many steps")
