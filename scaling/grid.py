@@ -16,7 +16,7 @@ from scaling.errors import UserError
 from scaling.ladders import build_ladder
 from scaling.runspec import RunSpec
 from scaling.schema import AroundOptimumSelection, FamilyChoice, Shape, Sweep
-from trainers.families.registry import get_entry
+from trainers.families.registry import FAMILIES, get_entry
 
 MAX_ROUNDING_LOSS = 0.01  # achieved FLOPs may fall short of the budget by at most 1%
 
@@ -146,4 +146,21 @@ def expand(sweep: Sweep) -> GridPlan:
                     f"sweep.budgets[{index}]: every selected shape of {choice.label} at {budget:.3g} "
                     f"FLOPs is rejected ({rejected[-1].reason})")
             runs.extend(kept)
+    _check_whole_compile(runs)
     return GridPlan(tuple(runs), tuple(rejected))
+
+
+def _check_whole_compile(runs: list[RunSpec]) -> None:
+    """`compile: whole` (after the tiers) on a run of a family whose scored rows vary per step would
+    recompile the model at every step (its chunked head loops over those rows): refuse it."""
+    reached = [run for run in runs
+               if run.resources.compile == "whole" and not get_entry(run.family).fixed_shapes]
+    if reached:
+        label = reached[0].label
+        fixed = ", ".join(name for name, entry in FAMILIES.items() if entry.fixed_shapes)
+        n_runs = sum(run.label == label for run in reached)
+        raise UserError(
+            f"compile: whole (resources.compile, or a tier's) reaches {n_runs} runs of {label!r}, whose "
+            f"scored rows vary per "
+            f"step, so the model would recompile at every step; compile: whole suits {fixed}: use "
+            f"trunk for {label} (a tier with `families:` sets compile per family)")

@@ -339,7 +339,6 @@ class Sweep(Strict):
         if len(set(self.budgets)) != len(self.budgets):
             raise ValueError("budgets repeat a value; list each budget once")
         self._check_tier_families(labels)
-        self._check_whole_compile()
         micro = self.recipe.micro_batch_seqs
         for key, workers in self.resources.worker_counts():  # the sweep's, and every tier's
             per_worker = self.recipe.global_batch_seqs / workers
@@ -351,23 +350,6 @@ class Sweep(Strict):
                 raise ValueError(f"recipe.micro_batch_seqs {micro} must divide global_batch_seqs / "
                                  f"workers = {int(per_worker)} ({key} {workers})")
         return self
-
-    def _check_whole_compile(self) -> None:
-        """`compile: whole` for a family whose scored rows vary per step would recompile at every
-        step (its chunked head loops over the rows): refuse it where it would apply."""
-        settings = [("resources.compile", self.resources.compile, None)] + [
-            (f"resources.tiers[{i}].compile", tier.compile, tier.families)
-            for i, tier in enumerate(self.resources.tiers)]
-        for key, choice, only in settings:
-            if choice != "whole":
-                continue
-            for family in self.families:
-                if not get_entry(family.family).fixed_shapes and (only is None or family.label in only):
-                    fixed = ", ".join(name for name, entry in FAMILIES.items() if entry.fixed_shapes)
-                    raise ValueError(
-                        f"{key}: whole would recompile the model at every step for {family.label!r} "
-                        f"(the rows it scores vary per step); compile: whole suits {fixed}, use trunk "
-                        f"for {family.label} (a tier with `families:` can set it per family)")
 
     def _check_tier_families(self, labels: list[str]) -> None:
         """A tier's family that is no label of this sweep would silently select nothing: refuse it."""

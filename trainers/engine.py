@@ -6,7 +6,8 @@ precision: bf16 on GPU / fp32 on CPU for `precision: auto`. bf16 is torch autoca
 `torch_autocast` section, fp32 master weights): the family's loss (log-softmax, the Duo closed form)
 then also runs under autocast, which keeps reductions in fp32, as the study's Lightning
 `bf16-mixed` did. Everything DeepSpeed would do per step beyond the maths (timers, the throughput
-timer's device syncs, flops profiler, monitors, printing) is switched off. Resources.deepspeed_overrides is deep-merged over the result.
+timer's device syncs, flops profiler, monitors, printing) is switched off.
+Resources.deepspeed_overrides is deep-merged over the result.
 
 Optimizer: torch.optim.AdamW handed to deepspeed.initialize (fused kernel on CUDA, foreach on
 CPU); DeepSpeed's own Adam ops would need a C++/CUDA compile per machine. Weight decay applies to

@@ -20,9 +20,9 @@ first step:
   time between kernels was DeepSpeed's throughput timer synchronising, not launch gaps. Compiles
   for longer than blocks (the whole model took about 90 s per process at 12 layers on a GPU).
 - ``compile: whole``: the whole model, head and loss included, as one graph (`nn.Module.compile` in
-  place), for the families whose shapes are fixed (AR and Duo: the head scores every position; the
-  sweep's schema refuses it for the others, whose chunked head loops over a varying number of rows
-  and would recompile at every step). The fused head's chunk maths then fuse with the rest: on an
+  place), for the families whose shapes are fixed (AR and Duo: the head scores every position;
+  planning refuses it for runs of the others, whose chunked head loops over a varying number of
+  rows and would recompile at every step). The fused head's chunk maths then fuse with the rest: on an
   H100, AR at micro-batches of 32 (bf16 weights, fused head) ran 479,808 tokens/s whole against
   434,806 with the trunk (benchmarks/GPU_NOTES.md "Fifth lease", the benchmark's loop).
 

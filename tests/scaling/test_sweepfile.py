@@ -87,19 +87,24 @@ def test_compile_reads_yaml_booleans(tmp_path, text, expected):
 
 
 def test_whole_model_compilation_is_for_the_families_with_fixed_shapes(tmp_path):
-    """`compile: whole` suits AR and Duo; the smoke sweep's MDLM would recompile at every step, so
-    the sweep-wide setting is refused, and a tier that gives it to AR alone is not."""
+    """`compile: whole` suits AR and Duo; the smoke sweep's MDLM would recompile at every step. What
+    counts is each run's setting after the tiers: sweep-wide it is refused, and accepted where a
+    tier gives MDLM the trunk, or gives AR alone the whole model."""
     smoke = (REPO / "sweeps" / "smoke.yaml").read_text()
     path = tmp_path / "s.yaml"
-    path.write_text(smoke.replace("  cpus_per_worker: 1", "  cpus_per_worker: 1\n  compile: whole"))
-    with pytest.raises(UserError, match="resources.compile: whole would recompile the model at every "
-                                        "step for 'mdlm-lowvar'.*use trunk for mdlm-lowvar"):
-        load_sweep(path)
-    path.write_text(smoke.replace("  cpus_per_worker: 1", "  cpus_per_worker: 1\n  compile: trunk\n"
-                                  "  tiers:\n    - {families: [ar], compile: whole}"))
-    sweep = load_sweep(path)
-    assert sweep.resources.for_run("ar", 1e6, 1e10).compile == "whole"
-    assert sweep.resources.for_run("mdlm-lowvar", 1e6, 1e10).compile == "trunk"
+
+    def plan_with(resources: str):
+        path.write_text(smoke.replace("  cpus_per_worker: 1", "  cpus_per_worker: 1\n" + resources))
+        return load_plan(path)[1]
+
+    with pytest.raises(UserError, match=r"compile: whole \(resources.compile, or a tier's\) reaches 6 "
+                                        r"runs of 'mdlm-lowvar'.*use trunk for mdlm-lowvar"):
+        plan_with("  compile: whole")
+    for resources in ("  compile: whole\n  tiers:\n    - {families: [mdlm-lowvar], compile: trunk}",
+                      "  compile: trunk\n  tiers:\n    - {families: [ar], compile: whole}"):
+        plan = plan_with(resources)
+        assert {run.label: run.resources.compile for run in plan.runs} == {"ar": "whole",
+                                                                          "mdlm-lowvar": "trunk"}
 
 
 @pytest.mark.parametrize("text,expected", [("on", True), ("off", False), ("auto", "auto"), ("yes please", None)])
