@@ -160,7 +160,7 @@ def _check_whole_compile(runs: list[RunSpec]) -> None:
         fixed = ", ".join(name for name, entry in FAMILIES.items() if entry.fixed_shapes)
         n_runs = sum(run.label == label for run in reached)
         raise UserError(
-            f"compile: whole (resources.compile, or a tier's) reaches {n_runs} runs of {label!r}, whose "
-            f"scored rows vary per "
-            f"step, so the model would recompile at every step; compile: whole suits {fixed}: use "
-            f"trunk for {label} (a tier with `families:` sets compile per family)")
+            f"compile: whole (resources.compile, or a tier's) reaches {n_runs} runs of {label!r}, "
+            f"whose scored rows vary per step, so the model would recompile at every step; "
+            f"compile: whole suits {fixed}: use trunk for {label} (a tier with `families:` sets "
+            f"compile per family)")
