@@ -140,19 +140,12 @@ def _add_picked(grad: torch.Tensor, picks: torch.Tensor, grad_picked: torch.Tens
     return grad
 
 
-_COMPILED: dict[str, Callable] = {}
-
-
 def _kernels(compiled: bool) -> tuple[Callable, Callable]:
-    # Inside a graph being compiled (the whole model, resources.compile: whole) the plain functions
-    # are traced into it; reaching for _COMPILED there would also guard the graph on that dict,
-    # which the first trace fills, and so compile the whole model a second time.
-    if not compiled or torch.compiler.is_compiling():
+    if not compiled:
         return row_stats, grad_logits
-    if not _COMPILED:  # the number of rows varies per step (MDLM, Eso-LM): dynamic shapes
-        _COMPILED["stats"] = torch.compile(row_stats, dynamic=True)
-        _COMPILED["grad"] = torch.compile(grad_logits, dynamic=True)
-    return _COMPILED["stats"], _COMPILED["grad"]
+    from trainers.kernels import compiled_once  # kernels imports the backbone, which imports this module
+
+    return compiled_once("row_stats", row_stats), compiled_once("grad_logits", grad_logits)
 
 
 def chunk_rows(n_columns: int, device_type: str) -> int:

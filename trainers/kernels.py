@@ -171,14 +171,20 @@ def _duo_nelbo_from_logits(logits, xt, x0, alpha_t, dalpha_t, n_real: int, token
 _COMPILED: dict[str, object] = {}
 
 
-def _maybe_compiled(name: str, fn):
-    # Inside a graph being compiled (compile: whole) `fn` is traced into it; reaching for _COMPILED
-    # would guard that graph on the dict the first trace fills, and so compile it twice.
-    if not _STATE["compile"] or torch.compiler.is_compiling():
+def compiled_once(name: str, fn):
+    """torch.compile(fn, dynamic=True), made once per process (the number of scored rows varies per
+    step: MDLM, Eso-LM); the loss heads here and the fused head's chunk maths. Inside a graph being
+    compiled (compile: whole) `fn` itself, traced into that graph: reaching for _COMPILED there would
+    guard the graph on the dict its first trace fills, and so compile the whole model twice."""
+    if torch.compiler.is_compiling():
         return fn
-    if name not in _COMPILED:  # the number of scored rows varies per step (MDLM, Eso-LM)
+    if name not in _COMPILED:
         _COMPILED[name] = torch.compile(fn, dynamic=True)
     return _COMPILED[name]
+
+
+def _maybe_compiled(name: str, fn):
+    return compiled_once(name, fn) if _STATE["compile"] else fn
 
 
 def cross_entropy_without(logits: torch.Tensor, targets: torch.Tensor, token_id: int) -> torch.Tensor:

@@ -115,13 +115,12 @@ def test_the_fused_head_traces_inside_a_compiled_model(name, random_model, monke
     """torch.compile of a whole model (benchmarks/train_throughput.py --compile whole) traces the
     fused head's forward, an autograd.Function, with its chunk loop and the gradient buffers it
     saves for backward (a buffer rebound by `+=` there failed to trace). Matches eager."""
-    from trainers import fused_head
     from trainers.families.registry import get_entry
 
     # Traced afresh, as in a run's process: after the other tests' compiles in this process, Duo's
     # trace has failed inside dynamo (an assertion in its autograd.Function handling, torch 2.13);
     # every family compiled one after another from a fresh process does not.
-    monkeypatch.setattr(fused_head, "_COMPILED", {})
+    monkeypatch.setattr(kernels, "_COMPILED", {})
     torch._dynamo.reset()
     model = random_model(get_entry(name).attention, vocab_size=64, mask_token_id=63, std=0.1)
     tokens = torch.randint(0, 63, (2, 16), generator=torch.Generator().manual_seed(1))
