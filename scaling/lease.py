@@ -71,6 +71,13 @@ class Holder:
                 f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.since))}, "
                 f"lease renewed {max(0.0, now - self.renewed_at):.0f} s ago")
 
+    def seen_at(self, now: float) -> str:
+        """'pid N on HOST, last renewed A s ago (or: stamped A s in the future) by this machine's
+        clock': what a reader on another machine can say of the record without trusting its clock."""
+        age_s = now - self.renewed_at
+        when = f"last renewed {age_s:.0f} s ago" if age_s >= 0 else f"stamped {-age_s:.0f} s in the future"
+        return f"pid {self.pid} on {self.host}, {when} by this machine's clock"
+
 
 def lease_state(holder: Holder | None, me: Holder, now: float,
                 pid_alive: Callable[[int], bool]) -> str:
@@ -160,12 +167,9 @@ class Lease:
     def _watch(self, seen: Holder) -> None:
         """Raise `busy` if the record `seen` is renewed within WATCH_S of this machine's clock:
         its stamps say it lapsed, but the writer's clock may run behind ours."""
-        age_s = self.clock() - seen.renewed_at
-        stamp = (f"was last renewed {age_s:.0f} s ago by" if age_s > 0 else
-                 f"is stamped {-age_s:.0f} s ahead of")
-        print(f"note: {self.root}: the driver lease of pid {seen.pid} on {seen.host} {stamp} this "
-              f"machine's clock; watching it for {WATCH_S:.0f} s before taking the sweep, since "
-              f"machines' clocks can disagree", file=sys.stderr)
+        print(f"note: {self.root}: the driver lease of {seen.seen_at(self.clock())}; watching it for "
+              f"{WATCH_S:.0f} s before taking the sweep, since machines' clocks can disagree",
+              file=sys.stderr)
         self.sleep(WATCH_S)
         current = read_holder(self.path)
         if current is None or current == seen:
@@ -232,12 +236,7 @@ def unsure_holder(root, now: float | None = None) -> str | None:
     """For a record that is UNSURE by this machine's clock (another machine's, that looks lapsed or
     is stamped in the future), what a reader can say of it without watching; else None."""
     state, holder, now = _read_state(root, now)
-    if state != UNSURE:
-        return None
-    age_s = now - holder.renewed_at
-    when = (f"last renewed {age_s:.0f} s ago" if age_s >= 0 else
-            f"stamped {-age_s:.0f} s in the future") + " by this machine's clock"
-    return f"pid {holder.pid} on {holder.host}, {when}"
+    return holder.seen_at(now) if state == UNSURE else None
 
 
 def _read_state(root, now: float | None) -> tuple[str, Holder | None, float]:
