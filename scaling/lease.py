@@ -75,7 +75,8 @@ class Holder:
         """'pid N on HOST, last renewed A s ago (or: stamped A s in the future) by this machine's
         clock': what a reader on another machine can say of the record without trusting its clock."""
         age_s = now - self.renewed_at
-        when = f"last renewed {age_s:.0f} s ago" if age_s >= 0 else f"stamped {-age_s:.0f} s in the future"
+        when = (f"last renewed {age_s:.0f} s ago" if age_s >= 0 else
+                f"stamped {-age_s:.0f} s in the future")
         return f"pid {self.pid} on {self.host}, {when} by this machine's clock"
 
 
