@@ -13,13 +13,13 @@
 # instead of autocast), dsclip (DeepSpeed's own gradient clipping), fusedhead (the head and loss
 # fused chunk by chunk: trainers/fused_head.py, resources.fused_head; without it, the plain head,
 # whatever a run's default), chunkMIB (with fusedhead: its chunk budget in MiB of float32 logits,
-# e.g. chunk256), cg (CUDA graphs: with compile trunk, the trunk replayed as CUDA graphs), dstimer
-# (DeepSpeed's throughput timer back on, as DeepSpeed's default: two device syncs per micro-batch,
-# which trainers/engine.py turns off), timerab (each timed round also runs with that timer on,
-# interleaved in the one process: prints both rates), noprobe (train at the micro-batch given, without the eager
-# probe that halves it until an eager step fits: a compiled model needs less). Every variant also prints the device syncs of one optimizer
-# step (--sync-report). Variants
-# stop being started once BUDGET_S seconds have passed. PROFILE_STEPS
+# e.g. chunk256), cg (CUDA graphs: with compile trunk, the trunk replayed as CUDA graphs), timerab
+# (each timed round also runs with DeepSpeed's throughput timer back on, as DeepSpeed's default: two
+# device syncs per micro-batch, which trainers/engine.py turns off; interleaved in the one process,
+# prints both rates), noprobe (train at the micro-batch given, without the eager probe that halves
+# it until an eager step fits: a compiled model needs less). Every variant also prints the device
+# syncs of one optimizer step (--sync-report). Variants stop being started once BUDGET_S seconds
+# have passed. PROFILE_STEPS
 # optimizer steps are profiled (default 3), PROFILE_TOP kernels listed (default 8).
 # DS_OVERRIDES (JSON) is merged into every variant's DeepSpeed config (it wins over the bf16w
 # option), e.g. bf16 weights for every variant:
@@ -44,7 +44,6 @@ for v in $VARIANTS; do
   [[ "+${opts:-}+" == *+bf16w+* ]] && extra+=(--deepspeed-overrides '{"bf16": {"enabled": true}, "torch_autocast": {"enabled": false}}')
   [[ "+${opts:-}+" == *+dsclip+* ]] && extra+=(--deepspeed-clip)
   [[ "+${opts:-}+" == *+cg+* ]] && extra+=(--cuda-graphs)
-  [[ "+${opts:-}+" == *+dstimer+* ]] && extra+=(--deepspeed-timer)
   [[ "+${opts:-}+" == *+timerab+* ]] && extra+=(--timer-ab)
   [[ "+${opts:-}+" == *+noprobe+* ]] && extra+=(--skip-probe)
   # the head is named either way: a variant means the same whatever a run's default is

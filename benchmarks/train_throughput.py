@@ -159,8 +159,8 @@ def measure(args, device: str, precision: str, micro_batch: int,
 
     from trainers.dist import import_deepspeed, prepare_process
     from trainers.kernels import compile_blocks, compile_trunk, configure
-    from trainers.engine import (LoopState, build_deepspeed_config, deep_merge, initialize_engine,
-                                 plan_batches, train_steps)
+    from trainers.engine import (LoopState, build_deepspeed_config, initialize_engine, plan_batches,
+                                 train_steps)
     from scaling.schema import Resources
 
     proc = prepare_process(args.threads, use_gpu=device != "cpu")
@@ -184,10 +184,8 @@ def measure(args, device: str, precision: str, micro_batch: int,
     family, model, plain, plain_opt, recipe, data, loop_config = build_pair(args, device, precision,
                                                                           micro_batch, global_batch)
     plan = plan_batches(global_batch, micro_batch, 1)
-    overrides = args.deepspeed_overrides
-    if args.deepspeed_timer:  # DeepSpeed's default, which the product turns off (trainers/engine.py)
-        overrides = deep_merge(overrides, {"timers": {"throughput": {"enabled": True}}})
-    config = build_deepspeed_config(recipe, Resources(deepspeed_overrides=overrides), plan, precision)
+    config = build_deepspeed_config(recipe, Resources(deepspeed_overrides=args.deepspeed_overrides),
+                                    plan, precision)
     engine, optimizer = initialize_engine(deepspeed, model, recipe, config, device)
     if args.deepspeed_clip and "clip_fp32_gradients" in vars(engine):
         del engine.clip_fp32_gradients  # back to DeepSpeed's own (trainers/engine.clip_gradients)
@@ -478,9 +476,6 @@ def parse_args(argv=None):
                    help="JSON merged into the DeepSpeed config, as resources.deepspeed_overrides "
                         "(e.g. bf16 weights: '{\"bf16\": {\"enabled\": true}, "
                         "\"torch_autocast\": {\"enabled\": false}}')")
-    p.add_argument("--deepspeed-timer", action="store_true",
-                   help="DeepSpeed's throughput timer on, as DeepSpeed's default (two device syncs per "
-                        "micro-batch; trainers/engine.py turns it off), to measure the difference")
     p.add_argument("--timer-ab", action="store_true",
                    help="every timed round also runs the same steps with DeepSpeed's throughput timer "
                         "on (interleaved, one process): prints both rates and their ratio")
