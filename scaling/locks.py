@@ -7,7 +7,9 @@ uses (scaling/staging.py). The kernel drops a lock when its process dies, howeve
 
 Some shared filesystems have no locks: NFS mounted with `nolock` or without its lock daemon, Lustre
 mounted without `-o flock`. There flock fails with ENOLCK ("No locks available") or EOPNOTSUPP.
-That is a setup problem with a fix, so `flock` raises a UserError naming the file and the fix.
+That is a setup problem with a fix, so `flock` raises NoLocksError, a UserError naming the file
+and the fix. A reader that only asks who holds a lock (`scaling status`) catches it and says it
+cannot tell, rather than failing.
 """
 
 from __future__ import annotations
@@ -24,14 +26,18 @@ MOUNT_FIX = ("mount it with locks (NFS: without 'nolock', with its lock daemon r
              "-o flock), or move that folder to a filesystem that has them")
 
 
+class NoLocksError(UserError):
+    """The filesystem under a lock file does not support file locks (the message names the fix)."""
+
+
 def flock(handle, operation: int, fix: str = MOUNT_FIX) -> None:
-    """fcntl.flock(handle, operation); a filesystem without locks is a UserError naming the file.
+    """fcntl.flock(handle, operation); a filesystem without locks is a NoLocksError naming the file.
     Every other error is raised as it is: BlockingIOError (a LOCK_NB lock held elsewhere) among them."""
     try:
         fcntl.flock(handle, operation)
     except OSError as err:
         if err.errno not in NO_LOCKS:
             raise
-        raise UserError(f"{handle.name}: the filesystem under it does not support file locks "
+        raise NoLocksError(f"{handle.name}: the filesystem under it does not support file locks "
                         f"({err.strerror or errno.errorcode.get(err.errno)}), which this tool needs "
                         f"there; {fix}") from None

@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -163,8 +164,7 @@ def run_status(args: argparse.Namespace) -> int:
 
     sweep, plan = load_plan(args.sweep)
     store = RunStore(sweep.output_dir, sweep.name)
-    driver = store.driver()
-    unsure = store.unsure_driver() if driver is None else None
+    seen = _see_driver(store)
     rows = []
     snapshot = store.snapshot([spec.run_id for spec in plan.runs])
     for spec in plan.runs:
@@ -172,12 +172,7 @@ def run_status(args: argparse.Namespace) -> int:
         result = result or {}
         val = result.get("val_loss")
         wall = result.get("wall_seconds")
-        # "running" with no driver holding the sweep: its driver died mid-run (kill -9, a crash);
-        # with an unsure lease record, perhaps it did, perhaps its clock is off
-        shown = state.state
-        if state.state == "running" and driver is None:
-            shown = "interrupted?" if unsure else "interrupted"
-        rows.append((spec.label, f"{spec.flops_budget:.3g}", spec.shape.tag, shown,
+        rows.append((spec.label, f"{spec.flops_budget:.3g}", spec.shape.tag, seen.shown(state.state),
                      str(state.attempts), f"{val:.4f}" if val is not None else "-",
                      f"{wall:.0f}" if wall is not None else "-", spec.run_id,
                      (state.error or "")[:60]))
@@ -200,12 +195,45 @@ def run_status(args: argparse.Namespace) -> int:
     orphans = set(store.known_run_ids()) - {s.run_id for s in plan.runs}
     print(f"\n{len(rows)} runs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
           + (f"; {len(orphans)} other run folders not in this plan" if orphans else ""))
-    if driver is not None:
-        print(f"driven now by {driver}")
-    elif unsure:
-        print(f"the store's lease names a driver, {unsure}: it died, or its machine's clock "
+    if seen.driver is not None:
+        print(f"driven now by {seen.driver}")
+    elif seen.lock_problem:
+        print(f"cannot tell whether a `scaling run` drives this sweep now: {seen.lock_problem}")
+    elif seen.unsure:
+        print(f"the store's lease names a driver, {seen.unsure}: it died, or its machine's clock "
               f"differs from this one's; `scaling run {args.sweep}` watches the lease for 60 s and "
               "takes over only if nobody renews it")
     elif counts.get("interrupted"):
         print(f"no driver: rerun `scaling run {args.sweep}` to resume the interrupted runs")
     return 0
+
+
+@dataclass(frozen=True)
+class DriverSeen:
+    """What `scaling status` can tell about the sweep's driver: who holds it (driver); else the
+    store's lease record when it looks lapsed by this machine's clock (unsure); or, where the
+    driver lock sits on a filesystem without locks, that line (lock_problem)."""
+
+    driver: str | None
+    unsure: str | None = None
+    lock_problem: str | None = None
+
+    def shown(self, state: str) -> str:
+        """A run's state as status shows it. "running" with no driver holding the sweep: its
+        driver died mid-run (kill -9, a crash); with an unsure lease record, perhaps it did,
+        perhaps its clock is off; with no locks to ask, nobody can tell."""
+        if state != "running" or self.driver is not None:
+            return state
+        if self.lock_problem:
+            return "running?"
+        return "interrupted?" if self.unsure else "interrupted"
+
+
+def _see_driver(store) -> DriverSeen:
+    from scaling.locks import NoLocksError
+
+    try:
+        driver = store.driver()
+    except NoLocksError as err:  # status only reads: the table is still worth showing
+        return DriverSeen(None, lock_problem=str(err))
+    return DriverSeen(driver, store.unsure_driver() if driver is None else None)

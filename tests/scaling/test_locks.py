@@ -57,3 +57,28 @@ def test_a_build_on_a_filesystem_without_locks(tmp_path, no_locks):
                                         r"locks .*move that folder to a filesystem that has them"):
         build_once(tmp_path / "copy", "stamp-1", built.append)
     assert built == []  # nothing was built without the lock
+
+
+def test_status_on_a_filesystem_without_locks_shows_the_table(tmp_path, no_locks, capsys):
+    """`scaling status` only reads: without locks it cannot ask whether a driver holds the sweep,
+    so a running run is `running?` and the lock line says why, instead of the command failing."""
+    from pathlib import Path
+
+    from scaling.cli import main
+    from scaling.sweepfile import load_plan
+
+    repo = Path(__file__).resolve().parents[2]
+    sweep = tmp_path / "smoke.yaml"
+    sweep.write_text((repo / "sweeps" / "smoke.yaml").read_text().replace(
+        "output_dir: outputs", f"output_dir: {tmp_path / 'out'}"))
+    _, plan = load_plan(sweep)
+    store = RunStore(tmp_path / "out", "smoke")
+    store.write_status(plan.runs[0].run_id, "running", attempts=1)
+    (store.root / ".driver.lock").touch()  # left by an earlier driver
+    assert main(["status", str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert f"running?  1      -         -       {plan.runs[0].run_id}" in out
+    assert "interrupted" not in out and "no driver: rerun" not in out
+    assert ("cannot tell whether a `scaling run` drives this sweep now: "
+            f"{store.root / '.driver.lock'}: the filesystem under it does not support file locks "
+            "(No locks available)") in out
