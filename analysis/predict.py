@@ -12,8 +12,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 from analysis.sweep import GroupResult
 
 # (quantity, approach-2 law attribute, bootstrap exponent, bootstrap coefficient)

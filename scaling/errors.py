@@ -4,8 +4,6 @@ Anything a user can cause (bad YAML, a missing file, an impossible grid) raises 
 prints `error: <message>` and exits 2. Programming errors stay ordinary exceptions.
 """
 
-from pathlib import Path
-
 
 class UserError(Exception):
     """An error caused by the user's input; its message is printed as one line."""

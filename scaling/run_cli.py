@@ -77,7 +77,7 @@ def check_counts(args: argparse.Namespace) -> None:
 
 def run_run(args: argparse.Namespace) -> int:
     from scaling.errors import writable_folder
-    from scaling.runner import plan_actions, run_sweep
+    from scaling.runner import plan_actions
     from scaling.store import RunStore
     from scaling.sweepfile import load_plan
 

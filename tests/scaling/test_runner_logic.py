@@ -9,7 +9,7 @@ import pytest
 
 from scaling.runner import Outcome, decide, estimated_seconds, fits_alongside, resource_need, run_sweep
 from scaling.store import RunStore, write_atomic
-from scaling.sweepfile import load_plan, parse_sweep, read_yaml
+from scaling.sweepfile import parse_sweep, read_yaml
 from scaling.grid import expand
 
 REPO = Path(__file__).resolve().parents[2]
