@@ -15,7 +15,7 @@ trainers/kernels.py as chosen by --compile / --attention. Prints the tokens/s of
 plain one unless --no-plain), `mfu <value>` = 6 N' tokens/s / peak, with N' = 12 L d^2 + d K (the
 paper's FLOPs convention, scaling/flops.py) and the card's dense bf16 peak (H100/H200 SXM: 989e12
 FLOP/s), and `mfu_palm` with attention's 12 L d T FLOPs per token added. --profile-steps N prints
-the kernel time per step by category and the top kernels. The micro-batch halves until a step fits;
+the kernel time per step by category and the top kernels (benchmarks/gpu_diagnostics.py). The micro-batch halves until a step fits;
 the first round is warm-up (and compilation) and not timed; timings are synchronised. Findings:
 benchmarks/GPU_NOTES.md.
 
@@ -26,144 +26,72 @@ benchmarks/GPU_NOTES.md.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from gpu_diagnostics import profile_steps, set_throughput_timer, sync_report  # noqa: E402
+from throughput_loops import NullMetrics, build_pair, fit_micro_batch, plain_steps  # noqa: E402
 
 # Dense bf16 tensor-core peaks (NVIDIA datasheets, without sparsity), matched on the device name.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 
 
-class _NullMetrics:
-    def write(self, rows) -> None:
-        pass
+@dataclass
+class Bench:
+    """Both loops, ready to time: the DeepSpeed engine and the plain copy of the same model, compiled
+    alike, with the family, the synthetic corpus and the batch plan they share."""
+
+    engine: Any
+    optimizer: Any
+    plain: Any
+    plain_opt: Any
+    family: Any
+    data: Any
+    loop_config: Callable[[int], Any]
+    plan: Any
+    device: str
+    precision: str
+
+    def sync(self) -> None:
+        if self.device != "cpu":
+            import torch
+
+            torch.cuda.synchronize()
+
+    def deepspeed_seconds(self, first: int, last: int) -> float:
+        from trainers.engine import LoopState, train_steps
+
+        self.sync()
+        t0 = time.perf_counter()
+        train_steps(self.engine, self.optimizer, self.family, self.data, self.loop_config(last),
+                    self.plan, rank=0, device=self.device, precision=self.precision,
+                    state=LoopState(step=first), metrics=NullMetrics())
+        self.sync()
+        return time.perf_counter() - t0
+
+    def plain_seconds(self, first: int, last: int) -> float:
+        self.sync()
+        t0 = time.perf_counter()
+        plain_steps(self.plain, self.plain_opt, self.family, self.data, self.loop_config(last), first,
+                    last, self.device, self.precision, self.plan.micro_batch_seqs)
+        self.sync()
+        return time.perf_counter() - t0
 
 
-def synthetic_data(n_blocks: int, seq_len: int, vocab_size: int):
-    """A PreparedData over random blocks: train_batch only reads train_blocks."""
-    import numpy as np
+def configure_fast_paths(args, device: str) -> None:
+    """trainers/kernels.py's switches as the flags ask, before either model is built."""
+    from trainers.kernels import configure
 
-    from trainers.data import PreparedData
-
-    rng = np.random.default_rng(0)
-    blocks = rng.integers(2, vocab_size, size=(n_blocks, seq_len), dtype=np.int64).astype(np.int32)
-    return PreparedData(tokenizer_dir=Path("."), train_blocks=blocks, val_blocks=blocks[:1],
-                        val_bytes_per_token=1.0, mask_token_id=1, eos_token_id=0,
-                        vocab_size=vocab_size, unigram_entropy_nats=0.0, digest="synthetic",
-                        val_block_bytes=np.ones(1, dtype=np.int64))
-
-
-def plain_steps(model, optimizer, family, data, cfg, first: int, last: int, device: str,
-                precision: str, micro: int | None = None) -> float:
-    """The same per-step work as trainers.engine.train_steps, without DeepSpeed (micro-batches of
-    `micro` sequences accumulated to the global batch); returns the loss of the last micro-batch
-    (read once: a sync, like the engine's end-of-round log row)."""
-    import torch
-
-    from trainers.data import train_batch
-    from trainers.engine import CORRUPT_STREAM, TIME_STREAM, autocast_context, derive_seed
-    from trainers.kernels import attention_context, begin_micro_batch
-    from trainers.noise import sample_stratified_times
-
-    batch = cfg.global_batch_seqs
-    micro = micro or batch
-    params = [p for p in model.parameters()]
-
-    def to_device(host: torch.Tensor) -> torch.Tensor:  # as the engine's loop: a copy from pageable
-        # memory (or .to() without non_blocking) makes the host wait for the GPU's queue
-        return host if device == "cpu" else host.pin_memory().to(device, non_blocking=True)
-
-    for step in range(first, last):
-        lr = cfg.lr_at(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        for start in range(0, batch, micro):
-            tokens = to_device(train_batch(data, step, batch, cfg.seed, start=start, count=micro))
-            time_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step, TIME_STREAM))
-            t = to_device(sample_stratified_times(batch, start, micro, time_gen))
-            gen = torch.Generator(torch.device(device))
-            gen.manual_seed(derive_seed(cfg.seed, step, CORRUPT_STREAM, start))
-            begin_micro_batch()
-            with autocast_context(precision, device), attention_context(device):
-                loss = family.training_loss(model, tokens, t, gen)
-            (loss * (micro / batch)).backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return loss.detach().item()
-
-
-def build_pair(args, device: str, precision: str, micro_batch: int, global_batch: int | None = None):
-    """(family, model for DeepSpeed, plain copy, plain optimizer, data, LoopConfig factory)."""
-    import torch
-
-    from scaling.flops import compute_forward_flops_per_token
-    from scaling.schema import Recipe
-    from trainers.backbone import build_model
-    from trainers.engine import LoopConfig, build_optimizer
-    from trainers.families import build_family
-    from trainers.families.registry import get_entry
-
-    torch.manual_seed(0)
-    family = build_family(args.family, {}, vocab_size=args.vocab, mask_token_id=1)
-    model = build_model(args.n_layers, args.d_model, args.n_heads, args.vocab,
-                        attention=get_entry(args.family).attention, mask_token_id=1)
-    plain = copy.deepcopy(model).to(device)
-    global_batch = global_batch or micro_batch
-    recipe = Recipe(global_batch_seqs=global_batch, seq_len=args.seq, precision=precision,
-                    lr_peak=1e-3, lr_min=1e-4)
-    plain_opt = build_optimizer(plain, recipe, device)
-    data = synthetic_data(max(4 * global_batch, 64), args.seq, args.vocab)
-    fwd = compute_forward_flops_per_token(args.n_layers, args.d_model, args.vocab, args.seq)
-
-    def loop_config(total_steps: int) -> LoopConfig:
-        return LoopConfig(total_steps=total_steps, warmup_steps=0, lr_peak=1e-3, lr_min=1e-4, seed=1,
-                          seq_len=args.seq, global_batch_seqs=global_batch, log_every_steps=10**9,
-                          checkpoint_every_steps=0, flops_per_step=3 * fwd * args.seq * global_batch)
-
-    return family, model, plain, plain_opt, recipe, data, loop_config
-
-
-def fit_micro_batch(args, device: str, precision: str) -> int:
-    """The largest micro-batch <= args.micro_batch (halving) whose training step fits in memory."""
-    import torch
-
-    micro = args.micro_batch
-    while micro >= 1:
-        try:
-            family, _, plain, opt, _, data, loop_config = build_pair(args, device, precision, micro)
-            plain_steps(plain, opt, family, data, loop_config(2), 0, 2, device, precision)
-            del plain, opt
-            torch.cuda.empty_cache()
-            return micro
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            print(f"micro-batch {micro} does not fit; halving", flush=True)
-            micro //= 2
-    raise SystemExit("not even one sequence fits on this GPU")
-
-
-def measure(args, device: str, precision: str, micro_batch: int,
-            global_batch: int | None = None) -> dict[str, float]:
-    """Interleaved rounds of the DeepSpeed loop and the plain loop; median tokens/s of each. A step
-    is one optimizer step over global_batch sequences (default: one micro-batch)."""
-    import torch
-
-    from trainers.dist import import_deepspeed, prepare_process
-    from trainers.kernels import compile_blocks, compile_trunk, configure
-    from trainers.engine import (LoopState, build_deepspeed_config, initialize_engine, plan_batches,
-                                 train_steps)
-    from scaling.schema import Resources
-
-    proc = prepare_process(args.threads, use_gpu=device != "cpu")
     # trunk: the product's `compile: trunk`; the other modes compile the loss heads as blocks does
     scope = next((name for name in ("trunk", "whole") if args.compile.startswith(name)),
                  args.compile != "off")
@@ -174,21 +102,14 @@ def measure(args, device: str, precision: str, micro_batch: int,
         from trainers import fused_head
 
         fused_head.CHUNK_BYTES[device.split(":")[0]] = args.fused_chunk_mib * 2**20
-    deepspeed = import_deepspeed(proc.world_size, proc.device)
-    import logging
 
-    from deepspeed.utils import logger
 
-    logger.setLevel(logging.WARNING)
-    global_batch = global_batch or micro_batch
-    family, model, plain, plain_opt, recipe, data, loop_config = build_pair(args, device, precision,
-                                                                          micro_batch, global_batch)
-    plan = plan_batches(global_batch, micro_batch, 1)
-    config = build_deepspeed_config(recipe, Resources(deepspeed_overrides=args.deepspeed_overrides),
-                                    plan, precision)
-    engine, optimizer = initialize_engine(deepspeed, model, recipe, config, device)
-    if args.deepspeed_clip and "clip_fp32_gradients" in vars(engine):
-        del engine.clip_fp32_gradients  # back to DeepSpeed's own (trainers/engine.clip_gradients)
+def compile_models(args, engine, plain):
+    """Both models compiled as --compile asks; returns the plain one (torch.compile wraps it)."""
+    import torch
+
+    from trainers.kernels import compile_blocks, compile_trunk
+
     if args.compile in ("blocks", "blocks-autotune"):  # blocks: the product's path (trainers/kernels.py)
         # blocks-autotune: inductor benchmarks matmul templates and can fuse the GELU and bias
         # epilogues into them (compiles for minutes; CUDA graphs off: DeepSpeed's hooks)
@@ -207,159 +128,94 @@ def measure(args, device: str, precision: str, micro_batch: int,
             "max-autotune" if args.cuda_graphs else "max-autotune-no-cudagraphs")
         compile_trunk(engine.module, cuda_graphs=args.cuda_graphs, mode=mode)
         compile_trunk(plain, cuda_graphs=args.cuda_graphs, mode=mode)
+    return plain
 
-    def sync() -> None:
-        if device != "cpu":
-            torch.cuda.synchronize()
 
-    def deepspeed_seconds(first: int, last: int) -> float:
-        sync()
-        t0 = time.perf_counter()
-        train_steps(engine, optimizer, family, data, loop_config(last), plan, rank=0, device=device,
-                    precision=precision, state=LoopState(step=first), metrics=_NullMetrics())
-        sync()
-        return time.perf_counter() - t0
+def set_up(args, device: str, precision: str, micro_batch: int, global_batch: int) -> Bench:
+    """The engine (deepspeed.initialize, the product's config plus --deepspeed-overrides) and the
+    plain loop's copy, both compiled as --compile asks."""
+    import logging
 
-    tokens_per_round = args.steps * global_batch * args.seq
-    ds_rates, plain_rates, timer_rates, step, peak_bytes = [], [], [], 0, 0
-    for round_index in range(args.rounds + 1):  # round 0 warms up (allocator, autotuning, compile)
+    from scaling.schema import Resources
+    from trainers.dist import import_deepspeed, prepare_process
+    from trainers.engine import build_deepspeed_config, initialize_engine, plan_batches
+
+    proc = prepare_process(args.threads, use_gpu=device != "cpu")
+    configure_fast_paths(args, device)
+    deepspeed = import_deepspeed(proc.world_size, proc.device)
+    from deepspeed.utils import logger
+
+    logger.setLevel(logging.WARNING)
+    family, model, plain, plain_opt, recipe, data, loop_config = build_pair(args, device, precision,
+                                                                          micro_batch, global_batch)
+    plan = plan_batches(global_batch, micro_batch, 1)
+    config = build_deepspeed_config(recipe, Resources(deepspeed_overrides=args.deepspeed_overrides),
+                                    plan, precision)
+    engine, optimizer = initialize_engine(deepspeed, model, recipe, config, device)
+    if args.deepspeed_clip and "clip_fp32_gradients" in vars(engine):
+        del engine.clip_fp32_gradients  # back to DeepSpeed's own (trainers/engine.clip_gradients)
+    plain = compile_models(args, engine, plain)
+    return Bench(engine, optimizer, plain, plain_opt, family, data, loop_config, plan, device,
+                 precision)
+
+
+def timed_rounds(args, bench: Bench) -> tuple[dict[str, float], int]:
+    """Rounds of the DeepSpeed loop then the plain loop on the same steps (round 0 warms up: the
+    allocator, autotuning, compilation); medians of tokens/s, peak memory, and the next step.
+    --timer-ab runs each round's steps once more with DeepSpeed's throughput timer on, first in
+    every other round (A/B interleaved in one process, on one compiled model)."""
+    import torch
+
+    tokens_per_round = args.steps * bench.plan.global_batch_seqs * args.seq
+    rates: dict[str, list[float]] = {"deepspeed": [], "plain": [], "deepspeed_timer_on": []}
+    step, peak_bytes = 0, 0
+    for round_index in range(args.rounds + 1):
         first, last = step, step + (args.warmup_steps if round_index == 0 else args.steps)
-        if device != "cpu":  # the DeepSpeed loop's own peak, not fit_micro_batch's eager probe
+        if bench.device != "cpu":  # the DeepSpeed loop's own peak, not fit_micro_batch's eager probe
             torch.cuda.reset_peak_memory_stats()
         seconds = {}
-        # --timer-ab: the same steps again with DeepSpeed's throughput timer on, first in every
-        # other round (A/B interleaved in one process, on one compiled model)
         order = ((True, False) if round_index % 2 else (False, True)) if args.timer_ab else (None,)
         for timer_on in order:  # None: the engine as configured
             if timer_on is not None:
-                set_throughput_timer(engine, timer_on)
-            seconds[timer_on] = deepspeed_seconds(first, last)
+                set_throughput_timer(bench.engine, timer_on)
+            seconds[timer_on] = bench.deepspeed_seconds(first, last)
         if args.timer_ab:
-            set_throughput_timer(engine, False)
-        if device != "cpu" and round_index > 0:
+            set_throughput_timer(bench.engine, False)
+        if bench.device != "cpu" and round_index > 0:
             peak_bytes = max(peak_bytes, torch.cuda.max_memory_allocated())
-        sync()
-        t1 = time.perf_counter()
-        if not args.no_plain:
-            plain_steps(plain, plain_opt, family, data, loop_config(last), first, last, device,
-                        precision, micro_batch)
-        sync()
-        t2 = time.perf_counter()
+        plain_s = None if args.no_plain else bench.plain_seconds(first, last)
         step = last
         if round_index > 0:
-            ds_rates.append(tokens_per_round / seconds[False if args.timer_ab else None])
-            plain_rates.append(tokens_per_round / (t2 - t1))
+            rates["deepspeed"].append(tokens_per_round / seconds[False if args.timer_ab else None])
+            if plain_s is not None:
+                rates["plain"].append(tokens_per_round / plain_s)
             if args.timer_ab:
-                timer_rates.append(tokens_per_round / seconds[True])
+                rates["deepspeed_timer_on"].append(tokens_per_round / seconds[True])
+    medians = {key: statistics.median(values) if values else None for key, values in rates.items()}
+    medians["ratio"] = medians["deepspeed"] / medians["plain"] if medians["plain"] else None
+    medians["peak_bytes"] = peak_bytes
+    return medians, step
+
+
+def measure(args, device: str, precision: str, micro_batch: int,
+            global_batch: int | None = None) -> dict[str, float]:
+    """Interleaved rounds of the DeepSpeed loop and the plain loop; median tokens/s of each, then
+    the diagnostics the flags ask for. A step is one optimizer step over global_batch sequences
+    (default: one micro-batch)."""
+    bench = set_up(args, device, precision, micro_batch, global_batch or micro_batch)
+    rates, step = timed_rounds(args, bench)
     if args.cuda_graphs:  # graphs inductor declined to record (each logs "skipping cudagraphs due to")
         from torch._dynamo.utils import counters
 
         print(f"cudagraph_skips {counters['inductor']['cudagraph_skips']}", flush=True)
+    diagnostics = (bench.engine, bench.optimizer, bench.family, bench.data, bench.loop_config,
+                   bench.plan, device, precision)
     if args.sync_report and device != "cpu":
-        sync_report(engine, optimizer, family, data, loop_config, plan, device, precision, step)
+        sync_report(*diagnostics, step)
         step += 1
     if args.profile_steps:
-        profile_steps(args, engine, optimizer, family, data, loop_config, plan, device, precision, step)
-    ds, pl = statistics.median(ds_rates), statistics.median(plain_rates)
-    timer = statistics.median(timer_rates) if timer_rates else None
-    return {"deepspeed": ds, "plain": pl, "ratio": ds / pl, "peak_bytes": peak_bytes,
-            "deepspeed_timer_on": timer}
-
-
-def set_throughput_timer(engine, enabled: bool) -> None:
-    """DeepSpeed's throughput timer on or off in a live engine (its config is read at every start
-    and stop). On, it synchronises the device in every forward and engine.step, as it does by
-    default once two optimizer steps are done (trainers/engine.py turns it off)."""
-    timer = engine.tput_timer
-    timer.config = type(timer.config)(enabled=enabled, synchronized=True)
-    timer.started = False
-    timer.global_step_count = max(timer.global_step_count, timer.start_step)
-
-
-def sync_report(engine, optimizer, family, data, loop_config, plan, device, precision,
-                first: int) -> None:
-    """The device synchronisations of one optimizer step of the DeepSpeed loop, each a point where
-    the GPU's queue drains and the GPU idles until the host queues again: explicit ones (the
-    accelerator's synchronize: DeepSpeed's throughput timer) and the implicit ones torch's sync
-    debug mode sees (.item(), bool() of a device tensor, pageable copies, nonzero), by place.
-    The loop reads its loss back once at the end of the step (train_steps' log row): one expected."""
-    import collections
-    import warnings
-
-    import torch
-    from deepspeed.accelerator import get_accelerator
-
-    from trainers.engine import LoopState, train_steps
-
-    accelerator, explicit = get_accelerator(), []
-    synchronize = accelerator.synchronize
-    accelerator.synchronize = lambda *a, **k: explicit.append(1) or synchronize(*a, **k)
-    torch.cuda.set_sync_debug_mode("warn")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            train_steps(engine, optimizer, family, data, loop_config(first + 1), plan, rank=0,
-                        device=device, precision=precision, state=LoopState(step=first),
-                        metrics=_NullMetrics())
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-        accelerator.synchronize = synchronize
-    implicit = [w for w in caught if "synchroniz" in str(w.message)]
-    places = collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in implicit)
-    print(f"syncs_per_step explicit {len(explicit)} implicit {len(implicit)} "
-          f"({plan.accumulation_steps} micro-batches)", flush=True)
-    for place, count in places.most_common(6):
-        print(f"  {count}x {place}")
-
-
-def kernel_category(name: str) -> str:
-    lower = name.lower()
-    for key, words in (("attention", ("flash", "fmha", "cudnn", "attention", "sdpa")),
-                       ("matmul", ("gemm", "cutlass", "sm90_xmma", "nvjet", "matmul", "cublas")),
-                       ("optimizer", ("adam", "multi_tensor", "foreach")),
-                       ("loss", ("log_softmax", "softmax", "nll", "cross_entropy"))):
-        if any(w in lower for w in words):
-            return key
-    return "other (elementwise, norms, copies)"
-
-
-def profile_steps(args, engine, optimizer, family, data, loop_config, plan, device, precision,
-                  first: int) -> None:
-    """CUDA time per kernel over `args.profile_steps` steps of the DeepSpeed loop: the top
-    kernels and totals per category, printed as a table."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    from trainers.engine import LoopState, train_steps
-
-    last = first + args.profile_steps
-    torch.cuda.synchronize()
-    wall = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        train_steps(engine, optimizer, family, data, loop_config(last), plan, rank=0, device=device,
-                    precision=precision, state=LoopState(step=first), metrics=_NullMetrics())
-        host = time.perf_counter() - wall  # until the host has queued every kernel
-        torch.cuda.synchronize()
-    wall = time.perf_counter() - wall
-    rows = [(e.key, e.device_time_total, e.count) for e in prof.key_averages()
-            if e.device_type == torch.autograd.DeviceType.CUDA and e.device_time_total > 0]
-    total = sum(t for _, t, _ in rows)
-    n_micro = args.profile_steps * plan.accumulation_steps  # forward/backward passes profiled
-    per_step = lambda us: us / 1e3 / n_micro  # noqa: E731 - ms per micro-batch
-    print(f"profile: {args.profile_steps} steps x {plan.accumulation_steps} micro-batches; per "
-          f"micro-batch: wall {1e3 * wall / n_micro:.1f} ms, kernels {per_step(total):.1f} ms "
-          "(the rows below are ms per micro-batch too)")
-    # Where the idle GPU time comes from: a host that queues kernels no faster than they run (host
-    # time near wall: launch-bound), or many short kernels (a gap of a few us each on the stream).
-    print(f"profile: per micro-batch: host {1e3 * host / n_micro:.1f} ms (queueing, with the "
-          f"profiler's overhead), {sum(c for *_, c in rows) / n_micro:.0f} kernels")
-    categories: dict[str, float] = {}
-    for key, t, _ in rows:
-        categories[kernel_category(key)] = categories.get(kernel_category(key), 0.0) + t
-    for key, t in sorted(categories.items(), key=lambda kv: -kv[1]):
-        print(f"  {key:<36s} {per_step(t):7.2f} ms/step {100 * t / total:5.1f}%")
-    for key, t, count in sorted(rows, key=lambda r: -r[1])[:args.profile_top]:
-        print(f"    {per_step(t):7.2f} ms {count / n_micro:6.1f}x  {key[:100]}")
+        profile_steps(args, *diagnostics, step)
+    return rates
 
 
 def run_cpu(args) -> None:
