@@ -24,10 +24,15 @@ others find it done. A universal conversion (another worker count: trainers/chec
 there too, so it also runs once per node. The copy is dropped at the attempt's first checkpoint
 (every rank has loaded by then) and when the attempt ends. Checkpoint tags the store's pointer
 has named are never rewritten (a resumed run saves only later steps), so a copy left by a killed
-attempt is reused when it is still the newest. A killed attempt whose run goes on elsewhere would
-leave its copy (a whole checkpoint) on this node for good, so every rank holds a shared flock on
-its copy's `.inuse` file for the attempt, and each attempt that starts on the node removes the
-copies no live attempt holds (`drop_stale_copies`). A local run directory skips all of this: the
+attempt is reused when it is still the newest.
+
+Nothing on a node outlives its use by much. A rank's own checkpoints in scratch are never read
+again once pushed (`pull` clears them: a resume reads the store's), so an attempt that fails
+removes them as it ends, keeping only its log. An attempt that is killed cannot, and its run may
+go on elsewhere, which would leave whole checkpoints (a node copy, a rank's own) on this node for
+good: so every rank holds a shared flock on the `.inuse` files of its scratch folder and of its
+node copy for the attempt, and each attempt that starts on the node removes the checkpoints no
+live attempt holds (`drop_stale_checkpoints`). A local run directory skips all of this: the
 trainer writes in place.
 """
 
@@ -150,27 +155,35 @@ def pull_checkpoint(remote: RemotePath, info: dict, shared: Path) -> Path:
 
 
 @contextlib.contextmanager
-def using_pulled(shared: Path):
-    """Hold this node's copy of the run's checkpoint for an attempt (module docstring): a shared
-    flock, which the kernel drops when the process ends, however it ends."""
-    shared.parent.mkdir(parents=True, exist_ok=True)
-    with open(_inuse_of(shared), "a") as held:
+def holding(folder: Path):
+    """Hold a scratch folder or a node copy for an attempt (module docstring): a shared flock on
+    its `.inuse` file, which the kernel drops when the process ends, however it ends."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(_inuse_of(folder), "a") as held:
         flock(held, fcntl.LOCK_SH)
         yield
 
 
-def drop_stale_copies(scratch_root: Path) -> None:
-    """Remove the node's checkpoint copies that no live attempt holds (left by killed attempts)."""
-    for copy in sorted(scratch_root.glob("*" + PULLED_SUFFIX)):
-        with open(_inuse_of(copy), "a") as probe:
+def drop_stale_checkpoints(scratch_root: Path) -> None:
+    """Remove the checkpoints on this node that no live attempt holds, left by killed attempts:
+    node copies whole, and the `checkpoints/` of rank scratch folders (their logs stay, for the
+    run's next attempt here to push: LogHistory)."""
+    folders = (p for p in scratch_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for folder in sorted(folders):
+        is_copy = folder.name.endswith(PULLED_SUFFIX)
+        stale = folder if is_copy else folder / CHECKPOINT_DIR
+        if not stale.is_dir():
+            continue
+        with open(_inuse_of(folder), "a") as probe:
             try:
                 flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # an attempt on this node holds it (ours among them)
-            size_mib = folder_mib(copy)
-            shutil.rmtree(copy, ignore_errors=True)
-            print(f"removed {copy.name}, a checkpoint copy left on this node by a killed attempt "
-                  f"({size_mib:.1f} MiB)", file=sys.stderr)
+            size_mib = folder_mib(stale)
+            shutil.rmtree(stale, ignore_errors=True)
+            what = "a checkpoint copy" if is_copy else "the checkpoints in its scratch folder"
+            print(f"removed {stale.relative_to(scratch_root)}, {what} left on this node by a killed "
+                  f"attempt ({size_mib:.1f} MiB)", file=sys.stderr)
 
 
 def folder_mib(folder: Path) -> float:
@@ -223,8 +236,9 @@ def drop_scratch(run_dir: str | Path) -> None:
     reached the store (LogHistory)."""
     if not is_url(run_dir):
         return
-    shutil.rmtree(scratch_dir(run_dir), ignore_errors=True)
-    shared = pulled_dir(run_dir)
+    local, shared = scratch_dir(run_dir), pulled_dir(run_dir)
+    shutil.rmtree(local, ignore_errors=True)
+    _inuse_of(local).unlink(missing_ok=True)
     drop_pulled(shared)
     lock_of(shared).unlink(missing_ok=True)
     _inuse_of(shared).unlink(missing_ok=True)
@@ -261,8 +275,8 @@ def train_staged(spec, run_dir: str | Path, *, progress: bool, cache_root: Path 
     if not is_url(run_dir):
         return train_run(spec, Path(run_dir), progress=progress, cache_root=cache_root)
     remote, local, shared = RemotePath(str(run_dir)), scratch_dir(run_dir), pulled_dir(run_dir)
-    with using_pulled(shared):
-        drop_stale_copies(shared.parent)  # after taking ours: it is held, so it stays
+    with holding(shared), holding(local):
+        drop_stale_checkpoints(local.parent)  # after taking ours: they are held, so they stay
         return _train_through_scratch(spec, remote, local, shared, progress, cache_root)
 
 
@@ -285,6 +299,7 @@ def _train_through_scratch(spec, remote: RemotePath, local: Path, shared: Path, 
         raise ForeignRunError(remote, err.what) from None
     except BaseException:
         push_logs(remote, local, logs)  # the failed attempt's log beside its status.json, as locally
+        _clear(local, (CHECKPOINT_DIR,))  # in the store already, and never read from here again
         raise
     finally:
         drop_pulled(shared)

@@ -256,6 +256,7 @@ def test_a_failed_attempt_leaves_its_log_in_the_store(tmp_path, monkeypatch):
     def failing_run(spec, run_dir, **kwargs):
         (run_dir / "worker.log").write_text("step 10: loss nan\n")
         assert (kwargs["resume_root"] / "step00000010" / "model.pt").is_file()
+        _checkpoint(run_dir, 20)  # saved here, then pushed (the push is not what is tested)
         raise RuntimeError("loss became nan at step 10")
 
     monkeypatch.setattr(trainers.train, "train_run", failing_run)
@@ -264,6 +265,9 @@ def test_a_failed_attempt_leaves_its_log_in_the_store(tmp_path, monkeypatch):
     assert scratch_dir(url).is_relative_to(tmp_path / "scratch")
     assert (location(url) / "worker.log").read_text() == "step 10: loss nan\n"
     assert not pulled_dir(url).exists()  # the node's copy of the checkpoint goes with the attempt
+    # as do the attempt's own checkpoints (a resume reads the store's); its log stays on the node
+    assert not (scratch_dir(url) / "checkpoints").exists()
+    assert (scratch_dir(url) / "worker.log").read_text() == "step 10: loss nan\n"
 
 
 def test_a_checkpoint_copy_left_by_a_killed_attempt_goes_at_the_next_attempt_here(
@@ -271,7 +275,7 @@ def test_a_checkpoint_copy_left_by_a_killed_attempt_goes_at_the_next_attempt_her
     """A node's copy is held (a shared flock) by every rank of a live attempt; the next attempt to
     start on the node removes the copies nobody holds, and the kernel lets go of a killed one's."""
     import trainers.train
-    from scaling.staging import drop_stale_copies, pulled_dir, train_staged
+    from scaling.staging import drop_stale_checkpoints, pulled_dir, train_staged
 
     monkeypatch.setenv("SCALING_SCRATCH_DIR", str(tmp_path / "scratch"))
     live, stale = (pulled_dir(f"file://{tmp_path}/store/runs/{name}") for name in ("live", "stale"))
@@ -297,8 +301,43 @@ def test_a_checkpoint_copy_left_by_a_killed_attempt_goes_at_the_next_attempt_her
     finally:
         holder.kill()  # SIGKILL: no cleanup of its own
         holder.wait()
-    drop_stale_copies(live.parent)
+    drop_stale_checkpoints(live.parent)
     assert not live.exists()
+
+
+def test_a_killed_attempts_own_checkpoints_go_at_the_next_attempt_here(tmp_path, monkeypatch, capsys):
+    """A rank's scratch folder is held for its attempt like a node copy. A killed attempt's
+    checkpoints there (every one of them in the store already) are removed by the next attempt
+    of any run to start on the node; its log stays, for its own run's next attempt to push."""
+    import trainers.train
+    from scaling.staging import scratch_dir, train_staged
+
+    monkeypatch.setenv("SCALING_SCRATCH_DIR", str(tmp_path / "scratch"))
+    live, killed = (scratch_dir(f"file://{tmp_path}/store/runs/{name}") for name in ("live", "killed"))
+    for folder in (live, killed):
+        _checkpoint(folder, 10)
+        (folder / "worker.log").write_text("step 10\n")
+    holder = subprocess.Popen(  # an attempt of run "live", training on this node
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+         "fcntl.flock(f, fcntl.LOCK_SH); print('held', flush=True); time.sleep(120)",
+         str(live.with_name(f".{live.name}.inuse"))], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+
+        def failing_run(spec, run_dir, **kwargs):
+            raise RuntimeError("loss became nan at step 10")
+
+        monkeypatch.setattr(trainers.train, "train_run", failing_run)
+        with pytest.raises(RuntimeError, match="loss became nan"):
+            train_staged(None, f"file://{tmp_path}/store/runs/third", progress=False, cache_root=None)
+        assert (live / "checkpoints" / "step00000010" / "model.pt").is_file()
+        assert not (killed / "checkpoints").exists()
+        assert (killed / "worker.log").read_text() == "step 10\n"
+        assert f"removed {killed.name}/checkpoints, the checkpoints in its scratch folder left on " \
+               "this node by a killed attempt" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_another_runs_folder_in_the_store_is_named_by_its_url(tmp_path, monkeypatch):
