@@ -43,6 +43,7 @@ import fcntl
 import json
 import os
 import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -75,9 +76,19 @@ def pulled_dir(run_dir: str | Path) -> Path:
 
 
 def _node_scratch(run_dir: str | Path, suffix: str) -> Path:
-    root = Path(os.environ.get(SCRATCH_ENV) or local_state_dir() / "scratch")
     url = str(run_dir).rstrip("/")
-    return root / f"{url.rsplit('/', 1)[-1]}-{url_key(url)}{suffix}"
+    return scratch_root() / f"{url.rsplit('/', 1)[-1]}-{url_key(url)}{suffix}"
+
+
+def scratch_root() -> Path:
+    """This machine's scratch: $SCALING_SCRATCH_DIR, else the local state folder, then a folder
+    named after the host. The root may be shared by every node (a home directory on NFS holds
+    ~/.cache), and some shared filesystems keep flock per node (Lustre localflock, NFS
+    local_lock=flock): there a node copy built on two nodes at once, or a stale-checkpoint sweep
+    that cannot see another node's hold, would break a live attempt. Within a host's folder every
+    lock holder is on the one machine."""
+    root = Path(os.environ.get(SCRATCH_ENV) or local_state_dir() / "scratch")
+    return root / socket.gethostname().replace(os.sep, "_")
 
 
 def default_data_cache() -> Path:

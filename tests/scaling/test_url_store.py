@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -242,6 +243,24 @@ def test_a_finished_run_is_fetched_once_and_again_when_its_record_changes(tmp_pa
     assert fetch_run(tmp_path / "plain") == tmp_path / "plain"  # a local run folder is used in place
 
 
+def test_each_host_has_its_own_scratch_under_a_shared_root(tmp_path, monkeypatch):
+    """A scratch root every node sees (a home directory on NFS) must not let two nodes share a
+    folder: where flock is per node (Lustre localflock) neither would see the other's locks."""
+    from scaling import staging
+
+    monkeypatch.delenv("SCALING_SCRATCH_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "shared-home"))
+    url = "s3://bucket/study/runs/r1"
+    folders = {}
+    for host in ("node-a", "node-b"):
+        monkeypatch.setattr(staging.socket, "gethostname", lambda host=host: host)
+        folders[host] = (staging.scratch_dir(url), staging.pulled_dir(url))
+    root = tmp_path / "shared-home" / "isoflop-diffusion" / "scratch"
+    for host, (scratch, copy) in folders.items():
+        assert scratch.parent == copy.parent == root / host
+    assert folders["node-a"][0].name == folders["node-b"][0].name  # the same run, on each host
+
+
 def test_a_failed_attempt_leaves_its_log_in_the_store(tmp_path, monkeypatch):
     """The error and traceback go to status.json through the runner; the log goes beside it, as
     in a local store (the trainer is replaced by one that fails, to test the staging alone)."""
@@ -394,7 +413,7 @@ def _training_with_checkpoint_in_store(root: Path, scratch: Path):
     """(run_id, pid) of a run whose store holds a checkpoint pointer and no result yet."""
     for pointer in root.glob("runs/*/checkpoints/latest.json"):
         run_dir = pointer.parents[1]
-        pid_files = list(scratch.glob(f"{run_dir.name}-*/worker.pid"))
+        pid_files = list(scratch.glob(f"*/{run_dir.name}-*/worker.pid"))
         if pid_files and not (run_dir / "result.json").exists():
             return run_dir.name, int(pid_files[0].read_text())
     return None
@@ -421,7 +440,8 @@ def test_a_sweep_into_a_url_store_resumes_from_the_store(url_sweep, tmp_path):
     for run_dir in root.glob("runs/*"):
         assert (run_dir / "model" / "model.safetensors").is_file() and (run_dir / "worker.log").is_file()
         assert not (run_dir / "checkpoints").exists()  # removed once the run finished
-    assert not list(scratch.iterdir())  # every run succeeded: scratch folders, the node's copy, locks
+    # every run succeeded: scratch folders, the node's copy, locks
+    assert not list((scratch / socket.gethostname()).iterdir())
     # the killed attempt never pushed its log; the retry, on this node too, pushed both attempts'
     log = (root / "runs" / run_id / "worker.log").read_text()
     assert log.count(f" attempt of {run_id} on ") == 2, log[-3000:]

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -326,7 +327,7 @@ def test_two_workers_resume_from_a_url_store_on_fresh_scratch(cache, tmp_path):
     wait_for_checkpoint(proc, store)
     kill_tree(proc)
     assert not (store / "result.json").exists(), "the run finished before it could be killed"
-    left = sorted(p.name for p in scratch.iterdir())  # "." sorts first
+    left = sorted(p.name for p in (scratch / socket.gethostname()).iterdir())  # "." sorts first
     # a scratch folder per rank, and the files the ranks held them and their node's checkpoint copy
     # by (the kernel let go when they died)
     assert len(left) == 5 and [name.endswith(".inuse") for name in left] == [True] * 3 + [False] * 2
@@ -343,7 +344,8 @@ def test_two_workers_resume_from_a_url_store_on_fresh_scratch(cache, tmp_path):
     assert abs(a["val_loss"] - b["val_loss"]) <= 1e-4
     # both ranks read the whole checkpoint, downloaded once for the node (scaling/staging.py)
     assert rerun.stderr.count("pulled checkpoint step") == 1, rerun.stderr[-3000:]
-    assert not list(scratch.iterdir())  # each rank's scratch, the node's copy and its lock: gone
+    # each rank's scratch, the node's copy and its lock: gone
+    assert not list((scratch / socket.gethostname()).iterdir())
     assert (store / "model" / "model.safetensors").is_file() and not (store / "checkpoints").exists()
 
 
@@ -393,7 +395,8 @@ def test_a_run_resumes_with_another_worker_count(cache, tmp_path, zero_stage, wo
     assert b["resumed_from_step"] > 0 and b["world_size"] == workers_after
     assert b["val_loss"] == pytest.approx(a["val_loss"], abs=1e-5)  # as two workers vs accumulation
     assert not (run / "checkpoints").exists()  # the universal copy went with the checkpoints
-    assert not scratch.exists() or not list(scratch.iterdir())  # nor scratch, the node's copy, locks
+    host_scratch = scratch / socket.gethostname()
+    assert not host_scratch.exists() or not list(host_scratch.iterdir())  # nor scratch, the node's copy, locks
 
 
 # ---------------------------------------------------------------- divergence
