@@ -25,6 +25,7 @@ import io
 import json
 import os
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -32,13 +33,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from scaling.errors import UserError, unwritable, writable_folder
-from scaling.locks import flock
+from scaling.locks import flock, node_local_locks
 from scaling.runspec import RunSpec
 from scaling.storage import RemotePath, local_state_dir, location, url_key
 
 STATES = ("pending", "running", "succeeded", "failed", "interrupted")
 DRIVER_LOCK = ".driver.lock"
-DRIVER_LOCK_FIX = ("mount it with locks (NFS: without 'nolock', with its lock daemon running; Lustre: "
+DRIVER_LOCK_FIX = ("mount it with locks (NFS: with its lock daemon running; Lustre: "
                    "-o flock), or set output_dir to a local folder or a URL (s3://...: the lock is "
                    "then on this machine, and a lease in the store keeps out drivers elsewhere)")
 
@@ -189,10 +190,11 @@ class RunStore:
         Two drivers on one sweep (a second terminal, `make demo` twice) would train the same runs
         into the same folders, one resuming from checkpoints the other is still writing. The lock
         is an flock on <root>/.driver.lock: the kernel drops it when its process dies, kill -9
-        included, so a rerun after a crash is never locked out. flock is per machine: drivers on
-        two machines sharing the store over NFS are not excluded. A store at a URL, whose lock file
-        is on this machine, also takes a lease in the store (scaling/lease.py), which excludes
-        drivers on other machines.
+        included, so a rerun after a crash is never locked out. On a shared filesystem the lock
+        excludes drivers on other machines where the filesystem's locks are cluster-wide (NFS by
+        default, Lustre with -o flock); where they hold per machine (scaling/locks.py) the driver
+        says so in one line. A store at a URL, whose lock file is on this machine, also takes a
+        lease in the store (scaling/lease.py), which excludes drivers on other machines.
         """
         import fcntl
 
@@ -215,6 +217,7 @@ class RunStore:
             handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
             handle.flush()
+            self._warn_if_locks_are_node_local(lock_file)
             self._lease = self._take_lease()
             try:
                 yield self
@@ -223,6 +226,15 @@ class RunStore:
                     self._lease.release()
                 self._lease = None
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _warn_if_locks_are_node_local(self, lock_file: Path) -> None:
+        if isinstance(self.root, RemotePath) or (mount := node_local_locks(lock_file)) is None:
+            return  # a URL store's lease covers other machines
+        url = f"file://{self.root.parent.resolve()}"
+        print(f"warning: {lock_file} is on {mount}, whose file locks hold on this machine only: a "
+              "`scaling run` of this sweep on another machine would not be refused; drive it from "
+              f"one machine, or set output_dir to {url} (a lease in the store then keeps out "
+              "drivers elsewhere)", file=sys.stderr)
 
     def check_driving(self) -> None:
         """Raise scaling.lease.LeaseLost when another driver took this sweep over (a URL store

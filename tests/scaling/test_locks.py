@@ -15,7 +15,7 @@ from trainers.checkpoint import build_once
 
 @pytest.fixture
 def no_locks(monkeypatch):
-    """flock as on NFS mounted with `nolock`: every lock request fails with ENOLCK."""
+    """flock as on NFSv3 without its lock daemon: every lock request fails with ENOLCK."""
     def refuse(handle, operation):
         if operation & (fcntl.LOCK_EX | fcntl.LOCK_SH):
             raise OSError(errno.ENOLCK, "No locks available")
@@ -82,3 +82,50 @@ def test_status_on_a_filesystem_without_locks_shows_the_table(tmp_path, no_locks
     assert ("cannot tell whether a `scaling run` drives this sweep now: "
             f"{store.root / '.driver.lock'}: the filesystem under it does not support file locks "
             "(No locks available)") in out
+
+
+MOUNT_TABLE = """\
+/dev/sda1 / ext4 rw,relatime 0 0
+server:/home /home nfs rw,vers=3,nolock,proto=tcp,local_lock=all 0 0
+server:/data /data nfs4 rw,vers=4.2,local_lock=none 0 0
+server:/v3 /v3 nfs rw,vers=3,local_lock=none 0 0
+mgs@tcp:/fs /lustre lustre rw,localflock 0 0
+mgs@tcp:/fs2 /lustre2 lustre rw,flock 0 0
+server:/odd /mnt/with\\040space nfs rw,vers=3,local_lock=flock 0 0
+"""
+
+
+@pytest.mark.parametrize("path, said", [
+    ("/home/me/study/demo", "nfs at /home, mounted nolock"),
+    ("/home", "nfs at /home, mounted nolock"),
+    ("/homework/demo", None),  # not under /home
+    ("/data/study", None),  # NFSv4: locks the server keeps
+    ("/v3/study", None),  # NFSv3 with its lock daemon
+    ("/lustre/project/out", "lustre at /lustre, mounted localflock"),
+    ("/lustre2/project/out", None),
+    ("/mnt/with space/out", "nfs at /mnt/with space, mounted local_lock=flock"),
+    ("/tmp/study", None),
+])
+def test_mounts_whose_locks_hold_on_one_machine_only(path, said):
+    assert locks.local_lock_mount(path, MOUNT_TABLE) == said
+
+
+def test_the_driver_says_when_its_lock_keeps_out_only_this_machine(tmp_path, monkeypatch, capsys):
+    """flock works there, so the sweep runs; a driver on another machine would not be refused,
+    and that is one line on stderr with the fix."""
+    table = tmp_path / "mounts"
+    table.write_text(f"/dev/sda1 / ext4 rw 0 0\nserver:/x {tmp_path} nfs rw,vers=3,nolock 0 0\n")
+    monkeypatch.setattr(locks, "MOUNTS", str(table))
+    store = RunStore(tmp_path / "out", "demo")
+    with store.driving():
+        pass
+    err = capsys.readouterr().err
+    assert err == (f"warning: {tmp_path}/out/demo/.driver.lock is on nfs at {tmp_path}, mounted "
+                   "nolock, whose file locks hold on this machine only: a `scaling run` of this "
+                   "sweep on another machine would not be refused; drive it from one machine, or "
+                   f"set output_dir to file://{tmp_path}/out (a lease in the store then keeps out "
+                   "drivers elsewhere)\n")
+    table.write_text("/dev/sda1 / ext4 rw 0 0\n")
+    with store.driving():
+        pass
+    assert capsys.readouterr().err == ""
