@@ -47,8 +47,8 @@ def flock(handle, operation: int, fix: str = MOUNT_FIX) -> None:
         if err.errno not in NO_LOCKS:
             raise
         raise NoLocksError(f"{handle.name}: the filesystem under it does not support file locks "
-                        f"({err.strerror or errno.errorcode.get(err.errno)}), which this tool needs "
-                        f"there; {fix}") from None
+                           f"({err.strerror or errno.errorcode.get(err.errno)}), which this tool "
+                           f"needs there; {fix}") from None
 
 
 MOUNTS = "/proc/self/mounts"
