@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -88,7 +89,12 @@ def scratch_root() -> Path:
     that cannot see another node's hold, would break a live attempt. Within a host's folder every
     lock holder is on the one machine."""
     root = Path(os.environ.get(SCRATCH_ENV) or local_state_dir() / "scratch")
-    return root / socket.gethostname().replace(os.sep, "_")
+    return root / host_folder_name()
+
+
+def host_folder_name() -> str:
+    """This machine's folder under a root that several machines may share (scratch_root)."""
+    return socket.gethostname().replace(os.sep, "_")
 
 
 def default_data_cache() -> Path:
@@ -258,25 +264,28 @@ def drop_scratch(run_dir: str | Path) -> None:
 def fetch_run(run_dir) -> Path:
     """A finished run's folder on this machine, to load its model from (scaling pareto): run_dir
     itself when local; for a URL store its model/, spec.json and result.json, downloaded into this
-    machine's cache unless the cached copy has the store's result.json (a run retrained since,
-    after its folder was deleted, has another record)."""
+    machine's cache unless the cached copy was made from the store's current result.json (a run
+    retrained since, after its folder was deleted, has another record). Two `pareto` processes
+    fetching one run download it once (build_once's lock); a run not finished yet is a folder
+    without result.json, for pareto.load_run to say so."""
     if not is_url(run_dir):
         return Path(run_dir)
     remote = RemotePath(str(run_dir))
-    local = local_state_dir() / "runs" / f"{remote.name}-{url_key(str(remote))}"
+    local = local_state_dir() / "runs" / host_folder_name() / f"{remote.name}-{url_key(str(remote))}"
     try:
         record = (remote / RESULT_FILE).read_bytes()
     except FileNotFoundError:
-        record = None  # not finished: pareto.load_run says so, as for a local run folder
-    cached = (local / RESULT_FILE).read_bytes() if (local / RESULT_FILE).is_file() else None
-    if record is None or cached != record:
-        shutil.rmtree(local, ignore_errors=True)
+        record = None
+
+    def download(folder: Path) -> None:
         for name in (MODEL_DIR, SPEC_FILE):
             if (remote / name).exists():
-                (remote / name).download(local / name)
-        if record is not None:  # the record last: present = the copy is complete
-            (local / RESULT_FILE).write_bytes(record)
-    return local
+                (remote / name).download(folder / name)
+        if record is not None:
+            (folder / RESULT_FILE).write_bytes(record)
+
+    stamp = hashlib.sha256(record).hexdigest() if record is not None else "no result.json"
+    return build_once(local, stamp, download)
 
 
 def train_staged(spec, run_dir: str | Path, *, progress: bool, cache_root: Path | None) -> dict:

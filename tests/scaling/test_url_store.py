@@ -243,6 +243,39 @@ def test_a_finished_run_is_fetched_once_and_again_when_its_record_changes(tmp_pa
     assert fetch_run(tmp_path / "plain") == tmp_path / "plain"  # a local run folder is used in place
 
 
+def test_two_fetches_of_one_run_at_once_download_it_once(tmp_path, monkeypatch):
+    """Two `scaling pareto` processes on one machine refreshing the same run: one downloads, the
+    other waits and finds the copy done (before, each removed and refilled the folder)."""
+    import threading
+    import time
+
+    from scaling import staging
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    remote = location(f"file://{tmp_path}/store/runs/r1")
+    (remote / "spec.json").write_text("{}")
+    (remote / "model" / "config.json").write_text("{}")
+    assert not (staging.fetch_run(remote) / "result.json").exists()  # not finished: pareto says so
+    (remote / "result.json").write_text('{"val_loss": 1.0}')
+    downloads, download = [], RemotePath.download
+
+    def slow_download(self, local):
+        downloads.append(self.name)
+        time.sleep(0.2)  # long enough for the other fetch to arrive meanwhile
+        download(self, local)
+
+    monkeypatch.setattr(RemotePath, "download", slow_download)
+    fetched = []
+    threads = [threading.Thread(target=lambda: fetched.append(staging.fetch_run(remote)))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(downloads) == ["model", "spec.json"]  # once each, by one of the two
+    assert fetched[0] == fetched[1] and (fetched[0] / "result.json").read_text() == '{"val_loss": 1.0}'
+
+
 def test_each_host_has_its_own_scratch_under_a_shared_root(tmp_path, monkeypatch):
     """A scratch root every node sees (a home directory on NFS) must not let two nodes share a
     folder: where flock is per node (Lustre localflock) neither would see the other's locks."""
@@ -466,6 +499,12 @@ def test_a_sweep_into_a_url_store_resumes_from_the_store(url_sweep, tmp_path):
     fitted = _scaling("fit", path, "--bootstrap", "0", env=env)
     assert f"to file://{root}/fits" in fitted.stdout, fitted.stderr
     assert (root / "fits" / "fits.csv").is_file()
+    # pareto loads the models from the store: each run (and the AR judge) fetched into this
+    # machine's cache once (staging.fetch_run)
+    sampled = _scaling("pareto", path, "--runs", run_id, "--steps", "2", "--n-samples", "2", env=env)
+    assert sampled.returncode == 0, sampled.stderr[-2000:]
+    cached = list((tmp_path / "xdg" / "isoflop-diffusion" / "runs" / socket.gethostname()).iterdir())
+    assert run_id in {folder.name.rsplit("-", 1)[0] for folder in cached}, cached
 
 
 # ---------------------------------------------------------------- S3, when its packages are installed
