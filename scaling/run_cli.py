@@ -212,7 +212,8 @@ def run_status(args: argparse.Namespace) -> int:
 class DriverSeen:
     """What `scaling status` can tell about the sweep's driver: who holds it (driver); else the
     store's lease record when it looks lapsed by this machine's clock (unsure); or, where the
-    driver lock sits on a filesystem without locks, that line (lock_problem)."""
+    driver lock cannot tell (a filesystem without locks, or with locks per machine and the last
+    driver on another one), why (lock_problem)."""
 
     driver: str | None
     unsure: str | None = None
@@ -236,4 +237,6 @@ def _see_driver(store) -> DriverSeen:
         driver = store.driver()
     except NoLocksError as err:  # status only reads: the table is still worth showing
         return DriverSeen(None, lock_problem=str(err))
+    if driver is None and (elsewhere := store.driver_elsewhere()):
+        return DriverSeen(None, lock_problem=elsewhere)
     return DriverSeen(driver, store.unsure_driver() if driver is None else None)

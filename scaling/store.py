@@ -24,6 +24,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -42,6 +43,12 @@ DRIVER_LOCK = ".driver.lock"
 DRIVER_LOCK_FIX = ("mount it with locks (NFS: with its lock daemon running; Lustre: "
                    "-o flock), or set output_dir to a local folder or a URL (s3://...: the lock is "
                    "then on this machine, and a lease in the store keeps out drivers elsewhere)")
+
+
+def _driver_host(line: str) -> str | None:
+    """The host of a driver lock's line ("pid N on HOST since T"), or None."""
+    match = re.match(r"pid \d+ on (\S+) since ", line)
+    return match.group(1) if match else None
 
 
 def write_atomic(path: Path | RemotePath, data: str | bytes) -> None:
@@ -213,11 +220,13 @@ class RunStore:
                 raise UserError(f"{self.root}: another `scaling run` is driving this sweep ({holder}); "
                                 "wait for it, or stop it, then rerun (finished runs are kept)") from None
             handle.seek(0)
+            previous = handle.read().strip()  # the last driver's line, kept after it exits
+            handle.seek(0)
             handle.truncate()
             handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
             handle.flush()
-            self._warn_if_locks_are_node_local(lock_file)
+            self._warn_if_locks_are_node_local(lock_file, previous)
             self._lease = self._take_lease()
             try:
                 yield self
@@ -227,14 +236,32 @@ class RunStore:
                 self._lease = None
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _warn_if_locks_are_node_local(self, lock_file: Path) -> None:
+    def _warn_if_locks_are_node_local(self, lock_file: Path, previous: str) -> None:
         if isinstance(self.root, RemotePath) or (mount := node_local_locks(lock_file)) is None:
             return  # a URL store's lease covers other machines
         url = f"file://{self.root.parent.resolve()}"
+        elsewhere = (f"; the last driver of this sweep was {previous}: if it still runs, stop this "
+                     "one" if _driver_host(previous) not in (None, socket.gethostname()) else "")
         print(f"warning: {lock_file} is on {mount}, whose file locks hold on this machine only: a "
               "`scaling run` of this sweep on another machine would not be refused; drive it from "
               f"one machine, or set output_dir to {url} (a lease in the store then keeps out "
-              "drivers elsewhere)", file=sys.stderr)
+              f"drivers elsewhere){elsewhere}", file=sys.stderr)
+
+    def driver_elsewhere(self) -> str | None:
+        """For `scaling status` when no driver holds the lock here: where the store's locks hold
+        per machine and the last driver ran on another machine, why nobody here can tell whether
+        it still runs (one line); else None."""
+        if isinstance(self.root, RemotePath) or (mount := node_local_locks(self.lock_file)) is None:
+            return None
+        try:
+            last = self.lock_file.read_text().strip()
+        except OSError:
+            return None
+        if (host := _driver_host(last)) in (None, socket.gethostname()):
+            return None  # a driver on this machine would hold a lock seen here: it is gone
+        return (f"{self.lock_file} is on {mount}, whose file locks hold on each machine only, and "
+                f"the last driver was {last}; run `scaling status` on {host} to know whether it "
+                "still drives the sweep")
 
     def check_driving(self) -> None:
         """Raise scaling.lease.LeaseLost when another driver took this sweep over (a URL store

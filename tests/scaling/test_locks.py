@@ -113,9 +113,8 @@ def test_mounts_whose_locks_hold_on_one_machine_only(path, said):
 def test_the_driver_says_when_its_lock_keeps_out_only_this_machine(tmp_path, monkeypatch, capsys):
     """flock works there, so the sweep runs; a driver on another machine would not be refused,
     and that is one line on stderr with the fix."""
+    _nolock_mount_over(tmp_path, monkeypatch)
     table = tmp_path / "mounts"
-    table.write_text(f"/dev/sda1 / ext4 rw 0 0\nserver:/x {tmp_path} nfs rw,vers=3,nolock 0 0\n")
-    monkeypatch.setattr(locks, "MOUNTS", str(table))
     store = RunStore(tmp_path / "out", "demo")
     with store.driving():
         pass
@@ -129,3 +128,48 @@ def test_the_driver_says_when_its_lock_keeps_out_only_this_machine(tmp_path, mon
     with store.driving():
         pass
     assert capsys.readouterr().err == ""
+
+
+def _nolock_mount_over(tmp_path, monkeypatch) -> None:
+    table = tmp_path / "mounts"
+    table.write_text(f"/dev/sda1 / ext4 rw 0 0\nserver:/x {tmp_path} nfs rw,vers=3,nolock 0 0\n")
+    monkeypatch.setattr(locks, "MOUNTS", str(table))
+
+
+def test_with_locks_per_machine_a_driver_elsewhere_is_named_not_presumed_dead(tmp_path, monkeypatch,
+                                                                               capsys):
+    """The lock keeps its last driver's line. Where locks hold per machine and that line names
+    another host, `scaling status` here cannot tell whether it runs: `running?`, not
+    `interrupted` with "rerun" (which would start a second driver); `scaling run` here warns."""
+    from pathlib import Path
+
+    from scaling.cli import main
+    from scaling.sweepfile import load_plan
+
+    _nolock_mount_over(tmp_path, monkeypatch)
+    repo = Path(__file__).resolve().parents[2]
+    sweep = tmp_path / "smoke.yaml"
+    sweep.write_text((repo / "sweeps" / "smoke.yaml").read_text().replace(
+        "output_dir: outputs", f"output_dir: {tmp_path / 'out'}"))
+    _, plan = load_plan(sweep)
+    store = RunStore(tmp_path / "out", "smoke")
+    store.write_status(plan.runs[0].run_id, "running", attempts=1)
+    lock = store.root / ".driver.lock"
+    lock.write_text("pid 4242 on node-7 since 2026-11-28 08:00:00")
+    assert main(["status", str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert f"running?  1      -         -       {plan.runs[0].run_id}" in out
+    assert (f"cannot tell whether a `scaling run` drives this sweep now: {lock} is on nfs at "
+            f"{tmp_path}, mounted nolock, whose file locks hold on each machine only, and the last "
+            "driver was pid 4242 on node-7 since 2026-11-28 08:00:00; run `scaling status` on "
+            "node-7 to know whether it still drives the sweep") in out
+    with store.driving():
+        pass
+    assert capsys.readouterr().err.endswith(
+        "; the last driver of this sweep was pid 4242 on node-7 since 2026-11-28 08:00:00: if it "
+        "still runs, stop this one\n")
+    # the last driver is now this machine's, and gone: status may say so
+    assert main(["status", str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert f"interrupted  1      -         -       {plan.runs[0].run_id}" in out
+    assert "no driver: rerun" in out
