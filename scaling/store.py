@@ -236,12 +236,18 @@ class RunStore:
                 self._lease = None
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def _per_machine_locks(self) -> str | None:
+        """The mount under a local store's driver lock when its locks hold per machine only
+        (scaling/locks.py); None for a URL store, whose lease covers other machines."""
+        return None if isinstance(self.root, RemotePath) else node_local_locks(self.lock_file)
+
     def _warn_if_locks_are_node_local(self, lock_file: Path, previous: str) -> None:
-        if isinstance(self.root, RemotePath) or (mount := node_local_locks(lock_file)) is None:
-            return  # a URL store's lease covers other machines
+        if (mount := self._per_machine_locks()) is None:
+            return
         url = f"file://{self.root.parent.resolve()}"
-        elsewhere = (f"; the last driver of this sweep was {previous}: if it still runs, stop this "
-                     "one" if _driver_host(previous) not in (None, socket.gethostname()) else "")
+        elsewhere = ""
+        if _driver_host(previous) not in (None, socket.gethostname()):
+            elsewhere = f"; the last driver of this sweep was {previous}: if it still runs, stop this one"
         print(f"warning: {lock_file} is on {mount}, whose file locks hold on this machine only: a "
               "`scaling run` of this sweep on another machine would not be refused; drive it from "
               f"one machine, or set output_dir to {url} (a lease in the store then keeps out "
@@ -251,7 +257,7 @@ class RunStore:
         """For `scaling status` when no driver holds the lock here: where the store's locks hold
         per machine and the last driver ran on another machine, why nobody here can tell whether
         it still runs (one line); else None."""
-        if isinstance(self.root, RemotePath) or (mount := node_local_locks(self.lock_file)) is None:
+        if (mount := self._per_machine_locks()) is None:
             return None
         try:
             last = self.lock_file.read_text().strip()
