@@ -100,8 +100,8 @@ def test_impossible_counts_fail_with_one_line_before_anything_starts(capsys, arg
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], captured.err
 
 
-def _smoke_in(tmp_path: Path, output_dir: Path | None = None) -> Path:
-    """sweeps/smoke.yaml with its output_dir moved (default: tmp_path/out)."""
+def _smoke_in(tmp_path: Path, output_dir: Path | str | None = None) -> Path:
+    """sweeps/smoke.yaml with its output_dir moved (default: tmp_path/out; a URL is fine)."""
     text = (REPO / "sweeps" / "smoke.yaml").read_text().replace(
         "output_dir: outputs", f"output_dir: {output_dir or tmp_path / 'out'}")
     sweep = tmp_path / "smoke.yaml"

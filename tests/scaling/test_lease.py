@@ -233,15 +233,11 @@ def test_status_does_not_call_a_run_interrupted_when_the_lease_is_unsure(memory_
                                                                          renewed_s_ago, said):
     """Another machine's record that looks lapsed (or from the future) by this clock: its driver
     died, or its clock is off. `scaling status` cannot watch for a minute, so it says so."""
-    from pathlib import Path
-
     from scaling.cli import main
     from scaling.sweepfile import load_plan
+    from tests.scaling.test_cli import _smoke_in
 
-    repo = Path(__file__).resolve().parents[2]
-    sweep = tmp_path / "smoke.yaml"
-    sweep.write_text((repo / "sweeps" / "smoke.yaml").read_text().replace(
-        "output_dir: outputs", f"output_dir: {memory_root}"))
+    sweep = _smoke_in(tmp_path, output_dir=memory_root)
     _, plan = load_plan(sweep)
     run_id = plan.runs[0].run_id
     store = RunStore(memory_root, "smoke")

@@ -8,8 +8,10 @@ import fcntl
 import pytest
 
 from scaling import locks
+from scaling.cli import main
 from scaling.errors import UserError
 from scaling.store import RunStore
+from tests.scaling.test_cli import _smoke_in
 from trainers.checkpoint import build_once
 
 
@@ -59,25 +61,26 @@ def test_a_build_on_a_filesystem_without_locks(tmp_path, no_locks):
     assert built == []  # nothing was built without the lock
 
 
+def _smoke_with_a_running_run(tmp_path):
+    """(sweep file, run id, store): sweeps/smoke.yaml into tmp_path/out, its first run marked
+    running, as a driver leaves it."""
+    from scaling.sweepfile import load_plan
+
+    sweep = _smoke_in(tmp_path)
+    run_id = load_plan(sweep)[1].runs[0].run_id
+    store = RunStore(tmp_path / "out", "smoke")
+    store.write_status(run_id, "running", attempts=1)
+    return sweep, run_id, store
+
+
 def test_status_on_a_filesystem_without_locks_shows_the_table(tmp_path, no_locks, capsys):
     """`scaling status` only reads: without locks it cannot ask whether a driver holds the sweep,
     so a running run is `running?` and the lock line says why, instead of the command failing."""
-    from pathlib import Path
-
-    from scaling.cli import main
-    from scaling.sweepfile import load_plan
-
-    repo = Path(__file__).resolve().parents[2]
-    sweep = tmp_path / "smoke.yaml"
-    sweep.write_text((repo / "sweeps" / "smoke.yaml").read_text().replace(
-        "output_dir: outputs", f"output_dir: {tmp_path / 'out'}"))
-    _, plan = load_plan(sweep)
-    store = RunStore(tmp_path / "out", "smoke")
-    store.write_status(plan.runs[0].run_id, "running", attempts=1)
+    sweep, run_id, store = _smoke_with_a_running_run(tmp_path)
     (store.root / ".driver.lock").touch()  # left by an earlier driver
     assert main(["status", str(sweep)]) == 0
     out = capsys.readouterr().out
-    assert f"running?  1      -         -       {plan.runs[0].run_id}" in out
+    assert f"running?  1      -         -       {run_id}" in out
     assert "interrupted" not in out and "no driver: rerun" not in out
     assert ("cannot tell whether a `scaling run` drives this sweep now: "
             f"{store.root / '.driver.lock'}: the filesystem under it does not support file locks "
@@ -141,24 +144,13 @@ def test_with_locks_per_machine_a_driver_elsewhere_is_named_not_presumed_dead(tm
     """The lock keeps its last driver's line. Where locks hold per machine and that line names
     another host, `scaling status` here cannot tell whether it runs: `running?`, not
     `interrupted` with "rerun" (which would start a second driver); `scaling run` here warns."""
-    from pathlib import Path
-
-    from scaling.cli import main
-    from scaling.sweepfile import load_plan
-
     _nolock_mount_over(tmp_path, monkeypatch)
-    repo = Path(__file__).resolve().parents[2]
-    sweep = tmp_path / "smoke.yaml"
-    sweep.write_text((repo / "sweeps" / "smoke.yaml").read_text().replace(
-        "output_dir: outputs", f"output_dir: {tmp_path / 'out'}"))
-    _, plan = load_plan(sweep)
-    store = RunStore(tmp_path / "out", "smoke")
-    store.write_status(plan.runs[0].run_id, "running", attempts=1)
+    sweep, run_id, store = _smoke_with_a_running_run(tmp_path)
     lock = store.root / ".driver.lock"
     lock.write_text("pid 4242 on node-7 since 2026-11-28 08:00:00")
     assert main(["status", str(sweep)]) == 0
     out = capsys.readouterr().out
-    assert f"running?  1      -         -       {plan.runs[0].run_id}" in out
+    assert f"running?  1      -         -       {run_id}" in out
     assert (f"cannot tell whether a `scaling run` drives this sweep now: {lock} is on nfs at "
             f"{tmp_path}, mounted nolock, whose file locks hold on each machine only, and the last "
             "driver was pid 4242 on node-7 since 2026-11-28 08:00:00; run `scaling status` on "
@@ -171,5 +163,5 @@ def test_with_locks_per_machine_a_driver_elsewhere_is_named_not_presumed_dead(tm
     # the last driver is now this machine's, and gone: status may say so
     assert main(["status", str(sweep)]) == 0
     out = capsys.readouterr().out
-    assert f"interrupted  1      -         -       {plan.runs[0].run_id}" in out
+    assert f"interrupted  1      -         -       {run_id}" in out
     assert "no driver: rerun" in out

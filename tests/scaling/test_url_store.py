@@ -9,6 +9,7 @@ rerun, `scaling status` and `scaling fit` work on the URL.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -322,37 +323,51 @@ def test_a_failed_attempt_leaves_its_log_in_the_store(tmp_path, monkeypatch):
     assert (scratch_dir(url) / "worker.log").read_text() == "step 10: loss nan\n"
 
 
+@contextlib.contextmanager
+def _attempt_holding(folder: Path):
+    """Another process holding `folder` as a live attempt does (staging.holding); killed with
+    SIGKILL at the end, so no cleanup of its own: the kernel lets go of its lock."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+         "fcntl.flock(f, fcntl.LOCK_SH); print('held', flush=True); time.sleep(120)",
+         str(folder.with_name(f".{folder.name}.inuse"))], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def _fail_an_attempt_of_another_run(tmp_path: Path, monkeypatch) -> None:
+    """An attempt of run "third" starts on this node (sweeping stale checkpoints) and fails."""
+    import trainers.train
+    from scaling.staging import train_staged
+
+    def failing_run(spec, run_dir, **kwargs):
+        raise RuntimeError("loss became nan at step 10")
+
+    monkeypatch.setattr(trainers.train, "train_run", failing_run)
+    with pytest.raises(RuntimeError, match="loss became nan"):
+        train_staged(None, f"file://{tmp_path}/store/runs/third", progress=False, cache_root=None)
+
+
 def test_a_checkpoint_copy_left_by_a_killed_attempt_goes_at_the_next_attempt_here(
         tmp_path, monkeypatch, capsys):
     """A node's copy is held (a shared flock) by every rank of a live attempt; the next attempt to
     start on the node removes the copies nobody holds, and the kernel lets go of a killed one's."""
-    import trainers.train
-    from scaling.staging import drop_stale_checkpoints, pulled_dir, train_staged
+    from scaling.staging import drop_stale_checkpoints, pulled_dir
 
     monkeypatch.setenv("SCALING_SCRATCH_DIR", str(tmp_path / "scratch"))
     live, stale = (pulled_dir(f"file://{tmp_path}/store/runs/{name}") for name in ("live", "stale"))
     for copy in (live, stale):
         (copy / "step00000010").mkdir(parents=True)
         (copy / "step00000010" / "model.pt").write_bytes(b"\0" * 2**20)
-    holder = subprocess.Popen(  # an attempt of run "live", training on this node
-        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
-         "fcntl.flock(f, fcntl.LOCK_SH); print('held', flush=True); time.sleep(120)",
-         str(live.with_name(f".{live.name}.inuse"))], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == "held\n"
-
-        def failing_run(spec, run_dir, **kwargs):
-            raise RuntimeError("loss became nan at step 10")
-
-        monkeypatch.setattr(trainers.train, "train_run", failing_run)
-        with pytest.raises(RuntimeError, match="loss became nan"):
-            train_staged(None, f"file://{tmp_path}/store/runs/third", progress=False, cache_root=None)
+    with _attempt_holding(live):  # an attempt of run "live", training on this node
+        _fail_an_attempt_of_another_run(tmp_path, monkeypatch)
         assert live.is_dir() and not stale.exists()
         assert f"removed {stale.name}, a checkpoint copy left on this node by a killed attempt " \
                f"(1.0 MiB)" in capsys.readouterr().err
-    finally:
-        holder.kill()  # SIGKILL: no cleanup of its own
-        holder.wait()
     drop_stale_checkpoints(live.parent)
     assert not live.exists()
 
@@ -361,35 +376,20 @@ def test_a_killed_attempts_own_checkpoints_go_at_the_next_attempt_here(tmp_path,
     """A rank's scratch folder is held for its attempt like a node copy. A killed attempt's
     checkpoints there (every one of them in the store already) are removed by the next attempt
     of any run to start on the node; its log stays, for its own run's next attempt to push."""
-    import trainers.train
-    from scaling.staging import scratch_dir, train_staged
+    from scaling.staging import scratch_dir
 
     monkeypatch.setenv("SCALING_SCRATCH_DIR", str(tmp_path / "scratch"))
     live, killed = (scratch_dir(f"file://{tmp_path}/store/runs/{name}") for name in ("live", "killed"))
     for folder in (live, killed):
         _checkpoint(folder, 10)
         (folder / "worker.log").write_text("step 10\n")
-    holder = subprocess.Popen(  # an attempt of run "live", training on this node
-        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
-         "fcntl.flock(f, fcntl.LOCK_SH); print('held', flush=True); time.sleep(120)",
-         str(live.with_name(f".{live.name}.inuse"))], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == "held\n"
-
-        def failing_run(spec, run_dir, **kwargs):
-            raise RuntimeError("loss became nan at step 10")
-
-        monkeypatch.setattr(trainers.train, "train_run", failing_run)
-        with pytest.raises(RuntimeError, match="loss became nan"):
-            train_staged(None, f"file://{tmp_path}/store/runs/third", progress=False, cache_root=None)
+    with _attempt_holding(live):  # an attempt of run "live", training on this node
+        _fail_an_attempt_of_another_run(tmp_path, monkeypatch)
         assert (live / "checkpoints" / "step00000010" / "model.pt").is_file()
         assert not (killed / "checkpoints").exists()
         assert (killed / "worker.log").read_text() == "step 10\n"
         assert f"removed {killed.name}/checkpoints, the checkpoints in its scratch folder left on " \
                "this node by a killed attempt" in capsys.readouterr().err
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_another_runs_folder_in_the_store_is_named_by_its_url(tmp_path, monkeypatch):
