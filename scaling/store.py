@@ -226,7 +226,7 @@ class RunStore:
             handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
             handle.flush()
-            self._warn_if_locks_are_node_local(lock_file, previous)
+            self._warn_if_locks_are_node_local(previous)
             self._lease = self._take_lease()
             try:
                 yield self
@@ -241,17 +241,18 @@ class RunStore:
         (scaling/locks.py); None for a URL store, whose lease covers other machines."""
         return None if isinstance(self.root, RemotePath) else node_local_locks(self.lock_file)
 
-    def _warn_if_locks_are_node_local(self, lock_file: Path, previous: str) -> None:
+    def _warn_if_locks_are_node_local(self, previous: str) -> None:
         if (mount := self._per_machine_locks()) is None:
             return
         url = f"file://{self.root.parent.resolve()}"
         elsewhere = ""
         if _driver_host(previous) not in (None, socket.gethostname()):
-            elsewhere = f"; the last driver of this sweep was {previous}: if it still runs, stop this one"
-        print(f"warning: {lock_file} is on {mount}, whose file locks hold on this machine only: a "
-              "`scaling run` of this sweep on another machine would not be refused; drive it from "
-              f"one machine, or set output_dir to {url} (a lease in the store then keeps out "
-              f"drivers elsewhere){elsewhere}", file=sys.stderr)
+            elsewhere = (f"; the last driver of this sweep was {previous}: if it still runs, stop "
+                         "this one")
+        print(f"warning: {self.lock_file} is on {mount}, whose file locks hold on this machine "
+              "only: a `scaling run` of this sweep on another machine would not be refused; drive "
+              f"it from one machine, or set output_dir to {url} (a lease in the store then keeps "
+              f"out drivers elsewhere){elsewhere}", file=sys.stderr)
 
     def driver_elsewhere(self) -> str | None:
         """For `scaling status` when no driver holds the lock here: where the store's locks hold
