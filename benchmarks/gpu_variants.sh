@@ -2,7 +2,8 @@
 # Where the GPU step time goes, and which fast path pays: the 113M shape (12 x 768, vocabulary
 # 32001, sequence 2048, bf16) through the project's DeepSpeed loop, one process per variant
 # (family x compile mode x attention backend x micro-batch), each with a kernel-time profile of a few
-# steps. Prints a summary table last; full logs under $LOG_DIR (default /tmp/gpu_variants).
+# steps. Prints a summary table last; full logs, and each variant's kernels as CSV, under $LOG_DIR
+# (default /tmp/gpu_variants).
 #
 #   bash benchmarks/gpu_variants.sh                 # every variant below, about 7 minutes on an H200
 #   VARIANTS="ar:blocks:cudnn:16 mdlm:blocks:flash:16" bash benchmarks/gpu_variants.sh
@@ -55,11 +56,12 @@ for v in $VARIANTS; do
   t0=$(date +%s)
   timeout ${VARIANT_TIMEOUT_S:-150} $PY benchmarks/train_throughput.py --part gpu --family "$family" --compile "$compile" \
     --attention "$attention" --micro-batch "$micro" --rounds "${ROUNDS:-2}" --steps "${STEPS:-20}" \
-    --no-plain --sync-report --profile-steps "${PROFILE_STEPS:-3}" --profile-top "${PROFILE_TOP:-8}" "${extra[@]}" \
+    --no-plain --sync-report --profile-steps "${PROFILE_STEPS:-3}" --profile-top "${PROFILE_TOP:-8}" \
+    --profile-csv "${log%.log}.kernels.csv" "${extra[@]}" \
     ${DS_OVERRIDES:+--deepspeed-overrides "$DS_OVERRIDES"} \
     >"$log" 2>&1
   rc=$?
-  grep -v -i -E "warn|^\s*$" "$log" | grep -E "^(gpu|profile|  |    |mfu|peak|cudagraph|syncs|Traceback|[A-Za-z]*Error)|skipping cudagraphs" | head -30
+  grep -v -i -E "warn|^\s*$" "$log" | grep -E "^(gpu|profile|  |    |mfu|peak|cudagraph|syncs|Traceback|[A-Za-z]*Error)|skipping cudagraphs" | head -40
   tps=$(awk '/^gpu_deepspeed_tokens_per_s/ {print $2}' "$log")
   timer_on=$(awk '/^gpu_deepspeed_timer_on_tokens_per_s/ {print $2}' "$log")
   mfu=$(awk '/^mfu / {print $2}' "$log")

@@ -339,6 +339,8 @@ def parse_args(argv=None):
                    help="GPU: count the device synchronisations of one optimizer step, by place")
     p.add_argument("--profile-steps", type=int, default=0, help="GPU: profile this many steps")
     p.add_argument("--profile-top", type=int, default=12, help="kernels listed by the profile")
+    p.add_argument("--profile-csv", default=None,
+                   help="GPU, with --profile-steps: write every profiled kernel to this CSV file")
     p.add_argument("--peak-flops", type=float, default=None, help="GPU: peak bf16 FLOP/s override")
     return p.parse_args(argv)
 

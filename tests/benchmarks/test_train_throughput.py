@@ -24,13 +24,28 @@ def test_the_cpu_part_prints_both_rates_and_their_ratio():
     assert float(figures["ratio"]) > 0
 
 
-def test_the_gpu_diagnostics_sort_kernels_by_name():
+def _diagnostics():
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
-        from gpu_diagnostics import kernel_category
+        import gpu_diagnostics
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
+    return gpu_diagnostics
+
+
+def test_the_gpu_diagnostics_sort_kernels_by_name():
+    kernel_category = _diagnostics().kernel_category
     assert kernel_category("flash_fwd_kernel") == "attention"
     assert kernel_category("sm90_xmma_gemm_bf16bf16") == "matmul"
     assert kernel_category("multi_tensor_apply_kernel") == "optimizer"
     assert kernel_category("triton_poi_fused_gelu") == "other (elementwise, norms, copies)"
+
+
+def test_the_kernel_table_lists_every_kernel_per_micro_batch(tmp_path):
+    rows = [("nvjet_sm90_tst_192x192", 24_000.0, 48), ("triton_red_fused_gelu_backward_sum_41", 1_500.0, 24)]
+    path = tmp_path / "kernels.csv"
+    _diagnostics().write_kernel_table(str(path), rows, n_micro=2)
+    assert path.read_text().splitlines() == [
+        "kernel,category,ms_per_micro_batch,launches_per_micro_batch",
+        "nvjet_sm90_tst_192x192,matmul,12.0000,24",
+        "triton_red_fused_gelu_backward_sum_41,\"other (elementwise, norms, copies)\",0.7500,12"]
