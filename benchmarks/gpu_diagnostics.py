@@ -92,7 +92,7 @@ def profile_steps(args, engine, optimizer, family, data, loop_config, plan, devi
             if e.device_type == torch.autograd.DeviceType.CUDA and e.device_time_total > 0]
     total = sum(t for _, t, _ in rows)
     n_micro = args.profile_steps * plan.accumulation_steps  # forward/backward passes profiled
-    per_step = lambda us: us / 1e3 / n_micro  # noqa: E731 - ms per micro-batch
+    per_step = lambda us: ms_per_micro_batch(us, n_micro)  # noqa: E731
     print(f"profile: {args.profile_steps} steps x {plan.accumulation_steps} micro-batches; per "
           f"micro-batch: wall {1e3 * wall / n_micro:.1f} ms, kernels {per_step(total):.1f} ms "
           "(the rows below are ms per micro-batch too)")
@@ -106,13 +106,14 @@ def profile_steps(args, engine, optimizer, family, data, loop_config, plan, devi
     for key, t in sorted(categories.items(), key=lambda kv: -kv[1]):
         print(f"  {key:<36s} {per_step(t):7.2f} ms/step {100 * t / total:5.1f}%")
     ranked = sorted(rows, key=lambda r: -r[1])
-    for key, t, count in ranked[:args.profile_top]:
-        print(f"    {per_step(t):7.2f} ms {count / n_micro:6.1f}x  {key[:100]}")
     # The elementwise kernels are what the remaining route to 35% MFU would fuse by hand
     # (GPU_NOTES.md), and the overall top is all matmuls and attention: list them apart.
-    print(f"  top of {OTHER}:")
-    for key, t, count in [r for r in ranked if kernel_category(r[0]) == OTHER][:args.profile_top]:
-        print(f"    {per_step(t):7.2f} ms {count / n_micro:6.1f}x  {key[:100]}")
+    elementwise = [r for r in ranked if kernel_category(r[0]) == OTHER]
+    for title, listed in ((None, ranked), (f"  top of {OTHER}:", elementwise)):
+        if title:
+            print(title)
+        for key, t, count in listed[:args.profile_top]:
+            print(f"    {per_step(t):7.2f} ms {count / n_micro:6.1f}x  {key[:100]}")
     if args.profile_csv:
         write_kernel_table(args.profile_csv, ranked, n_micro)
 
@@ -126,4 +127,10 @@ def write_kernel_table(path: str, ranked: list[tuple[str, float, int]], n_micro:
         out = csv.writer(f)
         out.writerow(["kernel", "category", "ms_per_micro_batch", "launches_per_micro_batch"])
         for key, t, count in ranked:
-            out.writerow([key, kernel_category(key), f"{t / 1e3 / n_micro:.4f}", f"{count / n_micro:g}"])
+            out.writerow([key, kernel_category(key), f"{ms_per_micro_batch(t, n_micro):.4f}",
+                          f"{count / n_micro:g}"])
+
+
+def ms_per_micro_batch(total_us: float, n_micro: int) -> float:
+    """A profiler total (microseconds over n_micro forward/backward passes) in ms per pass."""
+    return total_us / 1e3 / n_micro

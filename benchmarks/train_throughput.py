@@ -15,9 +15,10 @@ trainers/kernels.py as chosen by --compile / --attention. Prints the tokens/s of
 plain one unless --no-plain), `mfu <value>` = 6 N' tokens/s / peak, with N' = 12 L d^2 + d K (the
 paper's FLOPs convention, scaling/flops.py) and the card's dense bf16 peak (H100/H200 SXM: 989e12
 FLOP/s), and `mfu_palm` with attention's 12 L d T FLOPs per token added. --profile-steps N prints
-the kernel time per step by category and the top kernels (benchmarks/gpu_diagnostics.py). The micro-batch halves until a step fits;
-the first round is warm-up (and compilation) and not timed; timings are synchronised. Findings:
-benchmarks/GPU_NOTES.md.
+the kernel time per step by category, the top kernels and the top elementwise ones
+(benchmarks/gpu_diagnostics.py; --profile-csv writes every kernel). The micro-batch halves until a
+step fits; the first round is warm-up (and compilation) and not timed; timings are synchronised.
+Findings: benchmarks/GPU_NOTES.md.
 
     python benchmarks/train_throughput.py                 # CPU (and GPU when there is one)
     python benchmarks/train_throughput.py --part gpu --compile blocks --profile-steps 3
