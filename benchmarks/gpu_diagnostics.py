@@ -1,9 +1,11 @@
 """train_throughput.py's GPU diagnostics, run on the live engine after the timed rounds: DeepSpeed's
 throughput timer switched on and off (--timer-ab), the device syncs of one optimizer step
-(--sync-report), and the kernel time per category (--profile-steps)."""
+(--sync-report), and the kernel time per category (--profile-steps; every kernel to a CSV with
+--profile-csv)."""
 
 from __future__ import annotations
 
+import csv
 import time
 from pathlib import Path
 
@@ -121,8 +123,6 @@ def profile_steps(args, engine, optimizer, family, data, loop_config, plan, devi
 def write_kernel_table(path: str, ranked: list[tuple[str, float, int]], n_micro: int) -> None:
     """Every profiled kernel as CSV (name, category, ms and launches per micro-batch), for what
     the printed top rows leave out."""
-    import csv
-
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["kernel", "category", "ms_per_micro_batch", "launches_per_micro_batch"])
